@@ -1,0 +1,28 @@
+"""parcelout: parcel out work to threads, processes, or the calling thread.
+
+Every input item ends as exactly one result or one failure; nothing hangs and
+no worker outlives its pool.
+"""
+
+from parcelout._api import imap, imap_unordered, map
+from parcelout._failure import Failure
+from parcelout._pool import Pool
+from parcelout.errors import InitializerFailed, RemoteError, RemoteTraceback, WorkerCrashed
+
+__all__ = [
+    "Failure",
+    "InitializerFailed",
+    "Pool",
+    "RemoteError",
+    "RemoteTraceback",
+    "WorkerCrashed",
+    "imap",
+    "imap_unordered",
+    "map",
+]
+
+for _name in ("imap", "imap_unordered", "map", "Failure", "Pool"):
+    globals()[_name].__module__ = "parcelout"
+del _name
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from parcelout._cli import main
+
+sys.exit(main())

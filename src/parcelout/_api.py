@@ -1,0 +1,179 @@
+"""The one-shot functions: ``imap``, ``imap_unordered`` and ``map``.
+
+Each call makes its own pool when it starts iterating and tears it down when
+the iteration ends, however it ends: at the end the workers stop cleanly; on
+``break``, ``close()``, garbage collection or an exception the pending work is
+dropped and process workers are killed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Literal, TypeVar, overload
+
+from parcelout._core._engine import BackendFactory
+from parcelout._failure import Failure
+from parcelout._options import OnError, PoolOptions, ProgressSpec, RunOptions
+from parcelout._pool import Pool, check_callable
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@overload
+def imap(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    workers: int | None = ...,
+    backend: str | BackendFactory = ...,
+    chunksize: int | None = ...,
+    window: int | None = ...,
+    on_error: Literal["raise", "skip"] = ...,
+    initializer: Callable[..., object] | None = ...,
+    initargs: tuple[Any, ...] = ...,
+    progress: ProgressSpec = ...,
+    start_method: str | None = ...,
+    max_tasks_per_worker: int | None = ...,
+) -> Iterator[R]: ...
+@overload
+def imap(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    workers: int | None = ...,
+    backend: str | BackendFactory = ...,
+    chunksize: int | None = ...,
+    window: int | None = ...,
+    on_error: Literal["return"],
+    initializer: Callable[..., object] | None = ...,
+    initargs: tuple[Any, ...] = ...,
+    progress: ProgressSpec = ...,
+    start_method: str | None = ...,
+    max_tasks_per_worker: int | None = ...,
+) -> Iterator[R | Failure[T]]: ...
+def imap(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    workers: int | None = None,
+    backend: str | BackendFactory = "auto",
+    chunksize: int | None = None,
+    window: int | None = None,
+    on_error: OnError = "raise",
+    initializer: Callable[..., object] | None = None,
+    initargs: tuple[Any, ...] = (),
+    progress: ProgressSpec = False,
+    start_method: str | None = None,
+    max_tasks_per_worker: int | None = None,
+) -> Iterator[Any]:
+    """Apply ``fn`` to each item on a pool of workers; yield results in input order.
+
+    Input is pulled lazily: at most ``window`` items are taken and not yet
+    yielded, so an endless generator streams in bounded memory.
+
+    Args:
+        fn: a callable of one argument. Process workers receive it with
+            cloudpickle, so lambdas and closures work.
+        items: any iterable.
+        workers: how many workers (default: the usable CPUs).
+        backend: ``"process"``, ``"thread"``, ``"serial"`` (the calling
+            thread), ``"auto"`` (for now: process), or a backend factory.
+        chunksize: items per batch (default: adapted to measured item times).
+        window: the most items in flight (default: four batches per worker).
+        on_error: ``"raise"`` the first failure in output order (the work not
+            started is cancelled); ``"return"`` a ``Failure`` in its place;
+            ``"skip"`` it.
+        initializer, initargs: ``initializer(*initargs)`` runs once per worker.
+        progress: True for a tqdm bar on standard error; or a callable
+            receiving ``(done, total)``, ``total`` None for input of unknown
+            length.
+        start_method: for process workers (default forkserver).
+        max_tasks_per_worker: replace a worker after this many items.
+
+    Raises:
+        TypeError: ``fn`` is not callable, or an option has the wrong type.
+        ValueError: an option is out of range (``workers=0``...).
+        Exception: with ``on_error="raise"``, the first item's exception, with
+            the worker's traceback as its ``__cause__`` (process workers) and a
+            note naming the item; or the input iterator's own exception, after
+            the results before it.
+    """
+    check_callable(fn)
+    pool_options = PoolOptions(
+        workers=workers,
+        backend=backend,
+        initializer=initializer,
+        initargs=initargs,
+        start_method=start_method,
+        max_tasks_per_worker=max_tasks_per_worker,
+    )
+    return _owned(pool_options, fn, items, RunOptions(chunksize, window, on_error, progress), ordered=True)
+
+
+@overload
+def imap_unordered(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    on_error: Literal["raise", "skip"] = ...,
+    **options: Any,
+) -> Iterator[R]: ...
+@overload
+def imap_unordered(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    on_error: Literal["return"],
+    **options: Any,
+) -> Iterator[R | Failure[T]]: ...
+def imap_unordered(fn: Callable[[T], R], items: Iterable[T], *, on_error: OnError = "raise", **options: Any) -> Iterator[Any]:
+    """As ``imap``, with results in the order they complete. Same options."""
+    check_callable(fn)
+    run = {k: options.pop(k) for k in ("chunksize", "window", "progress") if k in options}
+    return _owned(PoolOptions(**options), fn, items, RunOptions(on_error=on_error, **run), ordered=False)
+
+
+@overload
+def map(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    on_error: Literal["raise", "skip"] = ...,
+    **options: Any,
+) -> list[R]: ...
+@overload
+def map(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    on_error: Literal["return"],
+    **options: Any,
+) -> list[R | Failure[T]]: ...
+def map(fn: Callable[[T], R], items: Iterable[T], *, on_error: OnError = "raise", **options: Any) -> list[Any]:
+    """``list(imap(fn, items, ...))``. Same options."""
+    return list(imap(fn, items, on_error=on_error, **options))
+
+
+def _owned(
+    pool_options: PoolOptions, fn: Callable[..., Any], items: Iterable[Any], run: RunOptions, ordered: bool
+) -> Iterator[Any]:
+    """A stream over a pool of its own, started at the first ``next()``."""
+    pool = Pool(
+        pool_options.workers,
+        pool_options.backend,
+        initializer=pool_options.initializer,
+        initargs=pool_options.initargs,
+        start_method=pool_options.start_method,
+        max_tasks_per_worker=pool_options.max_tasks_per_worker,
+    )
+    try:
+        yield from pool._stream(fn, items, run, ordered)
+    except GeneratorExit:
+        pool._terminate(wait=True)
+        raise
+    except BaseException:
+        pool._terminate(wait=pool.backend == "process")  # a thread's item cannot be stopped
+        raise
+    else:
+        pool.shutdown(wait=True)

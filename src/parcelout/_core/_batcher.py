@@ -1,0 +1,37 @@
+"""The batcher: how many items go to a worker at once.
+
+A fixed ``chunksize`` is used as given. Otherwise the size adapts: it starts
+at one item, measures how long items take on the workers, and aims for
+batches of about ``TARGET_SECONDS``, long enough to amortise the round trip to
+a worker and short enough to balance the tail. Where the input's length is
+known, a batch never exceeds a quarter of each worker's share, so that every
+worker gets several batches.
+"""
+
+from __future__ import annotations
+
+import math
+
+TARGET_SECONDS = 0.02
+UNKNOWN_LENGTH_CAP = 4096
+
+
+class Batcher:
+    def __init__(self, workers: int, chunksize: int | None = None, total: int | None = None) -> None:
+        self._fixed = chunksize
+        self._cap = UNKNOWN_LENGTH_CAP if total is None else max(1, math.ceil(total / (4 * workers)))
+        self._per_item: float | None = None
+        self._size = chunksize or 1
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def observe(self, items: int, seconds: float) -> None:
+        """Learn from a finished batch of ``items`` that took ``seconds``."""
+        if self._fixed is not None or items <= 0:
+            return
+        per_item = seconds / items
+        self._per_item = per_item if self._per_item is None else 0.5 * (self._per_item + per_item)
+        ideal = TARGET_SECONDS / max(self._per_item, 1e-9)
+        self._size = max(1, min(self._cap, int(ideal)))

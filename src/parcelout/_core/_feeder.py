@@ -1,0 +1,37 @@
+"""The feeder: pulls input lazily, numbering each item by its position.
+
+It never reads ahead of what it is asked for, so the window above it bounds
+memory. An exception raised by the input iterator is kept, with the position
+it stopped at, to be raised after every earlier item has been yielded.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Feeder(Generic[T]):
+    def __init__(self, items: Iterable[T]) -> None:
+        self._items: Iterator[T] = iter(items)
+        self.taken = 0
+        self.exhausted = False
+        self.error: Exception | None = None
+
+    def take(self, n: int) -> list[tuple[int, T]]:
+        """Up to ``n`` more ``(index, item)`` pairs; fewer only at the end."""
+        got: list[T] = []
+        if self.exhausted or n <= 0:
+            return []
+        try:
+            got.extend(itertools.islice(self._items, n))
+        except Exception as exc:  # the input itself failed: keep what came before
+            self.error = exc
+            self.exhausted = True
+        else:
+            self.exhausted = len(got) < n
+        start, self.taken = self.taken, self.taken + len(got)
+        return list(zip(range(start, self.taken), got, strict=True))

@@ -1,0 +1,187 @@
+"""The records that travel along the data flow, and the transport interface.
+
+A ``Batch`` is the unit the scheduler hands to a worker: a ``Call`` (the
+function and how to apply it) and a list of ``(index, item)`` pairs. A
+worker answers with a ``BatchResult``: one value per item, and the
+exceptions of the items that failed, by position in the batch.
+
+Events go into the scheduler and instructions come out of it (see
+``_scheduler``). They are small frozen records with names that say what they
+carry. This module holds data only: no threads, no I/O.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+_tokens = itertools.count()
+
+
+@dataclass(eq=False)
+class Call:
+    """A function and the way it is applied to each item.
+
+    ``star`` False: ``fn(item)``. ``star`` True: each item is an
+    ``(args, kwargs)`` pair and the call is ``fn(*args, **kwargs)``.
+    ``token`` names the function across batches, so that a worker process
+    unpickles it once; ``payload`` caches its pickled form (set by the
+    transport that needs it).
+    """
+
+    fn: Callable[..., Any]
+    star: bool = False
+    token: int = field(default_factory=lambda: next(_tokens))
+    payload: bytes | BaseException | None = None
+
+
+@dataclass(eq=False)
+class Batch:
+    """Items to run on one worker, and where their outcomes go.
+
+    ``sink`` receives the finished ``BatchResult``; ``try_start`` is asked once,
+    just before the batch is sent, and a False answer drops it (a cancelled
+    future); ``group`` lets one stream cancel all of its pending batches.
+    ``cancelled`` is read by in-process workers between items.
+    """
+
+    id: int
+    call: Call
+    items: list[tuple[int, Any]]
+    sink: Callable[[BatchResult], None]
+    group: int = 0
+    try_start: Callable[[], bool] | None = None
+    cancelled: bool = False
+
+    def split(self, n: int, new_id: int) -> tuple[Batch, Batch]:
+        """The first ``n`` items keep this batch's id; the rest get ``new_id``."""
+        head = Batch(self.id, self.call, self.items[:n], self.sink, self.group, cancelled=self.cancelled)
+        tail = Batch(new_id, self.call, self.items[n:], self.sink, self.group, cancelled=self.cancelled)
+        return head, tail
+
+
+@dataclass(eq=False)
+class BatchResult:
+    """What a worker reports for a batch.
+
+    ``values[i]`` is the result of ``batch.items[i]`` unless ``i`` is a key of
+    ``errors``, which maps positions to the exception that item raised.
+    ``elapsed`` is the worker's time for the whole batch, in seconds.
+    """
+
+    batch: Batch
+    values: Sequence[Any]
+    errors: dict[int, BaseException]
+    elapsed: float = 0.0
+
+
+# ---------------------------------------------------------------- events in
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    batch: Batch
+
+
+@dataclass(frozen=True, slots=True)
+class CancelGroup:
+    """Drop the pending batches of one stream (running ones finish)."""
+
+    group: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDone:
+    worker: int
+    batch_id: int
+    values: Sequence[Any]
+    errors: dict[int, BaseException]
+    elapsed: float
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerExited:
+    """A worker is gone, with ``exitcode`` as in ``Process.exitcode``.
+
+    ``batch_id`` and ``position`` say which item it was running when it died
+    (position -1: between items), as far as the transport knows.
+    """
+
+    worker: int
+    exitcode: int | None
+    batch_id: int = -1
+    position: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class InitFailed:
+    worker: int
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """Stop taking work. ``cancel``: drop pending batches. ``kill``: also stop
+    the running ones now (their workers are killed)."""
+
+    cancel: bool = False
+    kill: bool = False
+
+
+Event = Submitted | CancelGroup | BatchDone | WorkerExited | InitFailed | Shutdown
+
+# ---------------------------------------------------------------- instructions out
+
+
+@dataclass(frozen=True, slots=True)
+class StartWorker:
+    worker: int
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    worker: int
+    batch: Batch
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    result: BatchResult
+
+
+@dataclass(frozen=True, slots=True)
+class StopWorker:
+    """Let the worker finish what it was sent, then exit."""
+
+    worker: int
+
+
+@dataclass(frozen=True, slots=True)
+class KillWorker:
+    worker: int
+
+
+Instruction = StartWorker | Send | Deliver | StopWorker | KillWorker
+
+# ---------------------------------------------------------------- transport
+
+
+class Backend(Protocol):
+    """A transport: starts workers, runs batches, reports, kills, shuts down.
+
+    It owns no policy. Every report goes through the ``report`` callable it
+    was built with, as one of the events above (``BatchDone``,
+    ``WorkerExited``, ``InitFailed``), from any thread.
+    """
+
+    def start_worker(self, worker: int) -> None: ...
+
+    def send(self, worker: int, batch: Batch) -> None: ...
+
+    def stop_worker(self, worker: int) -> None: ...
+
+    def kill_worker(self, worker: int) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,103 @@
+"""Option checking, in one place: every public entry point validates here,
+at the call, so a bad option fails before any worker starts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+OnError = Literal["raise", "return", "skip"]
+BACKEND_NAMES = ("auto", "serial", "thread", "process")
+START_METHODS = ("fork", "forkserver", "spawn")
+ProgressSpec = bool | Callable[[int, int | None], object]
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (affinity and, on 3.13, cgroup-aware)."""
+    if hasattr(os, "process_cpu_count"):
+        n = os.process_cpu_count()
+    elif hasattr(os, "sched_getaffinity"):
+        n = len(os.sched_getaffinity(0))
+    else:  # pragma: no cover - not Linux
+        n = os.cpu_count()
+    return n or 1
+
+
+def positive_int(value: object, name: str, *, message: str | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(message or f"{name} must be greater than 0")
+    return value
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How one map runs: batching, the in-flight window, errors, progress."""
+
+    chunksize: int | None = None
+    window: int | None = None
+    on_error: OnError = "raise"
+    progress: ProgressSpec = False
+
+    def __post_init__(self) -> None:
+        if self.chunksize is not None:
+            positive_int(self.chunksize, "chunksize")
+        if self.window is not None:
+            positive_int(self.window, "window")
+        if self.on_error not in ("raise", "return", "skip"):
+            raise ValueError(f"on_error must be 'raise', 'return' or 'skip', not {self.on_error!r}")
+        if not isinstance(self.progress, bool) and not callable(self.progress):
+            raise TypeError(f"progress must be True, False or a callable, not {type(self.progress).__name__}")
+
+
+@dataclass(frozen=True)
+class PoolOptions:
+    """What a pool is made of: its backend, size and worker set-up."""
+
+    workers: int | None = None
+    backend: Any = "auto"
+    initializer: Callable[..., object] | None = None
+    initargs: tuple[Any, ...] = ()
+    start_method: str | None = None
+    mp_context: Any = None
+    max_tasks_per_worker: int | None = None
+    thread_name_prefix: str = ""
+    workers_name: str = "workers"
+
+    def __post_init__(self) -> None:
+        if self.workers is not None:
+            name = self.workers_name
+            positive_int(self.workers, name, message=f"{name} must be greater than 0")
+        if isinstance(self.backend, str):
+            if self.backend not in BACKEND_NAMES:
+                raise ValueError(f"backend must be one of {', '.join(BACKEND_NAMES)}, not {self.backend!r}")
+        elif not callable(self.backend):
+            raise TypeError(f"backend must be a name or a backend factory, not {type(self.backend).__name__}")
+        if self.initializer is not None and not callable(self.initializer):
+            raise TypeError("initializer must be a callable")
+        if not isinstance(self.initargs, tuple):
+            raise TypeError(f"initargs must be a tuple, not {type(self.initargs).__name__}")
+        if self.start_method is not None and self.start_method not in START_METHODS:
+            raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}, not {self.start_method!r}")
+        if self.max_tasks_per_worker is not None:
+            positive_int(self.max_tasks_per_worker, "max_tasks_per_worker", message="max_tasks_per_child must be >= 1")
+
+    @property
+    def kind(self) -> str:
+        """serial, thread, process, or custom (a backend factory)."""
+        if not isinstance(self.backend, str):
+            return "custom"
+        return "process" if self.backend == "auto" else self.backend
+
+    @property
+    def size(self) -> int:
+        if self.workers is not None:
+            return self.workers
+        if self.kind == "serial":
+            return 1
+        if self.kind == "thread":
+            return min(32, usable_cpus() + 4)  # as ThreadPoolExecutor: waiting work wants more
+        return usable_cpus()

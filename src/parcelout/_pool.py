@@ -1,0 +1,337 @@
+"""``Pool``: a ``concurrent.futures.Executor`` over the parcelout engine.
+
+Code written for ``ThreadPoolExecutor`` or ``ProcessPoolExecutor`` works with
+it unchanged: ``submit``, ``map`` (all work submitted at the call, its
+``timeout`` running from the call, ``buffersize`` as in Python 3.14),
+``shutdown(wait, cancel_futures)``, the context manager, and the standard
+executors' keyword names. On top of that, ``imap`` and ``imap_unordered`` are
+lazy maps through a bounded window.
+
+The pool owns its engine (one dispatcher thread and the workers); no worker
+outlives it: ``shutdown`` stops them, garbage collection of the pool shuts it
+down, and interpreter exit waits for the work submitted, as the standard
+executors do.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import multiprocessing.util  # noqa: F401  (registers its exit hook before ours, so ours runs first)
+import itertools
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
+from typing import Any, TypeVar
+
+from parcelout._core._engine import BackendFactory, Engine
+from parcelout._core._messages import Batch, BatchResult, Call, Shutdown, Submitted
+from parcelout._core._scheduler import Scheduler
+from parcelout._options import PoolOptions, RunOptions, positive_int
+from parcelout._stream import EngineLane, InlineLane, Lane, drive
+from parcelout.backends._base import run_batch
+from parcelout.errors import InitializerFailed
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_live: weakref.WeakSet[Pool] = weakref.WeakSet()
+
+# How many batches a worker may hold: a process worker gets the next batch
+# while it runs one, hiding the pipe's round trip; a thread needs no head start.
+_DEPTH = {"process": 2, "thread": 1, "custom": 1}
+
+
+class Pool(Executor):
+    """A pool of workers: threads, processes, or the calling thread.
+
+    Args:
+        workers: how many workers (default: the usable CPUs; for threads, as
+            ``ThreadPoolExecutor``, ``min(32, cpus + 4)``). ``max_workers`` is
+            the same option under the standard library's name.
+        backend: ``"process"``, ``"thread"``, ``"serial"``, ``"auto"`` (for
+            now: process), or a backend factory ``report -> Backend``.
+        initializer: called as ``initializer(*initargs)`` once in each worker.
+        start_method: ``"forkserver"`` (default where available), ``"spawn"``
+            or ``"fork"``; ``mp_context`` takes a multiprocessing context.
+        max_tasks_per_worker: replace a worker after it has run this many items
+            (``max_tasks_per_child`` is the standard library's name).
+        thread_name_prefix: names the worker threads.
+
+    Raises:
+        ValueError: ``workers`` is not greater than 0, or an unknown backend or
+            start method.
+        TypeError: an option of the wrong type, or an initializer that cannot
+            be pickled for process workers.
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        backend: str | BackendFactory = "auto",
+        *,
+        max_workers: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        start_method: str | None = None,
+        mp_context: Any = None,
+        max_tasks_per_worker: int | None = None,
+        max_tasks_per_child: int | None = None,
+        thread_name_prefix: str = "",
+    ) -> None:
+        if workers is not None and max_workers is not None:
+            raise TypeError("give workers or max_workers, not both")
+        if max_tasks_per_worker is not None and max_tasks_per_child is not None:
+            raise TypeError("give max_tasks_per_worker or max_tasks_per_child, not both")
+        options = PoolOptions(
+            workers=workers if max_workers is None else max_workers,
+            backend=backend,
+            initializer=initializer,
+            initargs=initargs,
+            start_method=start_method,
+            mp_context=mp_context,
+            max_tasks_per_worker=max_tasks_per_worker or max_tasks_per_child,
+            thread_name_prefix=thread_name_prefix,
+            workers_name="workers" if max_workers is None else "max_workers",
+        )
+        self._options = options
+        self._kind = options.kind
+        self._size = options.size
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._not_started: set[Future[Any]] = set()
+        self._engine: Engine | None = None
+        if self._kind != "serial":
+            scheduler = Scheduler(
+                self._size,
+                self._ids.__next__,
+                depth=_DEPTH[self._kind],
+                max_items_per_worker=options.max_tasks_per_worker,
+            )
+            self._engine = Engine(scheduler, _backend_factory(options), name="parcelout-dispatcher")
+            finalizer = weakref.finalize(self, self._engine.post, Shutdown())
+            finalizer.atexit = False
+        _live.add(self)
+
+    # ------------------------------------------------------------ properties
+    @property
+    def workers(self) -> int:
+        """How many workers the pool keeps."""
+        return self._size
+
+    @property
+    def backend(self) -> str:
+        """The kind of worker: serial, thread, process or custom."""
+        return self._kind
+
+    # ------------------------------------------------------------ Executor
+    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+        """Schedule ``fn(*args, **kwargs)``; return its future.
+
+        Raises:
+            RuntimeError: the pool was shut down.
+            InitializerFailed: a worker's initializer failed earlier.
+        """
+        future: Future[R] = Future()
+        with self._lock:
+            self._check_open()
+            if self._engine is None:
+                _run_inline(future, fn, args, kwargs)
+                return future
+            self._not_started.add(future)
+            batch = Batch(
+                next(self._ids),
+                Call(fn, star=True),
+                [(0, (args, kwargs))],
+                functools.partial(self._settle, future),
+                try_start=functools.partial(self._start, future),
+            )
+            self._engine.post(Submitted(batch))
+        return future
+
+    def map(  # type: ignore[override]
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[R]:
+        """``Executor.map``: submits the work at the call (``buffersize`` at
+        most at once), yields results in order, raises an item's exception
+        where it comes, raises ``TimeoutError`` if the results are not all in
+        ``timeout`` seconds after the call, and cancels what is left when the
+        iterator is closed."""
+        if buffersize is not None:
+            if isinstance(buffersize, bool) or not isinstance(buffersize, int):
+                raise TypeError("buffersize must be an integer or None")
+            if buffersize < 1:
+                raise ValueError("buffersize must be None or > 0")
+        positive_int(chunksize, "chunksize", message="chunksize must be >= 1.")
+        end = None if timeout is None else timeout + time.monotonic()
+        args = zip(*iterables, strict=False)
+        chunks = iter(lambda: list(itertools.islice(args, chunksize)), [])
+        first = chunks if buffersize is None else itertools.islice(chunks, buffersize)
+        futures = deque(self.submit(_apply_chunk, fn, chunk) for chunk in first)
+        return _results(futures, end, chunks if buffersize else None, weakref.ref(self), fn)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop taking work; with ``wait``, return once every worker is gone.
+
+        ``cancel_futures`` cancels the futures that have not started.
+        """
+        with self._lock:
+            first = not self._closed
+            self._closed = True
+            to_cancel = list(self._not_started) if cancel_futures else []
+        for future in to_cancel:
+            future.cancel()
+        if self._engine is not None:
+            if first or cancel_futures:
+                self._engine.post(Shutdown(cancel=cancel_futures))
+            if wait:
+                self._engine.join()
+
+    # ------------------------------------------------------------ lazy maps
+    def imap(
+        self,
+        fn: Callable[[T], R],
+        items: Iterable[T],
+        *,
+        chunksize: int | None = None,
+        window: int | None = None,
+        on_error: str = "raise",
+        progress: Any = False,
+    ) -> Iterator[Any]:
+        """Results of ``fn`` over ``items`` in input order, lazily (see ``parcelout.imap``)."""
+        options = RunOptions(chunksize, window, on_error, progress)  # type: ignore[arg-type]
+        return self._stream(fn, items, options, ordered=True)
+
+    def imap_unordered(
+        self,
+        fn: Callable[[T], R],
+        items: Iterable[T],
+        *,
+        chunksize: int | None = None,
+        window: int | None = None,
+        on_error: str = "raise",
+        progress: Any = False,
+    ) -> Iterator[Any]:
+        """As ``imap``, in the order the results complete."""
+        options = RunOptions(chunksize, window, on_error, progress)  # type: ignore[arg-type]
+        return self._stream(fn, items, options, ordered=False)
+
+    def _stream(self, fn: Callable[..., Any], items: Iterable[Any], options: RunOptions, ordered: bool) -> Iterator[Any]:
+        check_callable(fn)
+        with self._lock:
+            self._check_open()
+        lane: Lane = InlineLane() if self._engine is None else EngineLane(self._engine, self._size, self._ids)
+        return drive(lane, Call(fn), items, options, ordered)
+
+    # ------------------------------------------------------------ internals
+    def _check_open(self) -> None:
+        broken = self._engine.broken if self._engine is not None else None
+        if broken is not None:
+            raise InitializerFailed(str(broken)) from broken.__cause__
+        if self._closed:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def _start(self, future: Future[Any]) -> bool:
+        self._not_started.discard(future)
+        return future.set_running_or_notify_cancel()
+
+    def _settle(self, future: Future[Any], result: BatchResult) -> None:
+        self._not_started.discard(future)
+        if future.done():
+            return
+        error = result.errors.get(0) if result.values else CancelledError()
+        try:
+            if isinstance(error, CancelledError):
+                if not future.cancel():
+                    future.set_exception(error)
+            elif error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result.values[0])
+        except InvalidStateError:  # cancelled by its owner meanwhile
+            pass
+
+    def _terminate(self, wait: bool) -> None:
+        """Stop now: drop pending work and kill the running items' workers."""
+        with self._lock:
+            self._closed = True
+        if self._engine is not None:
+            self._engine.post(Shutdown(cancel=True, kill=True))
+            if wait:
+                self._engine.join()
+
+
+def check_callable(fn: object) -> None:
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, not {type(fn).__name__}: {fn!r}")
+
+
+def _apply_chunk(fn: Callable[..., R], chunk: list[tuple[Any, ...]]) -> list[R]:
+    return [fn(*args) for args in chunk]
+
+
+def _run_inline(future: Future[R], fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    future.set_running_or_notify_cancel()
+    values, errors, _ = run_batch(fn, True, [(args, kwargs)], interruptible=True)
+    if errors:
+        future.set_exception(errors[0])
+    else:
+        future.set_result(values[0])
+
+
+def _results(
+    futures: deque[Future[list[R]]],
+    end: float | None,
+    more: Iterator[list[Any]] | None,
+    pool: weakref.ref[Pool],
+    fn: Callable[..., R],
+) -> Iterator[R]:
+    """Executor.map's iterator: in order, with a deadline, refilling a buffer."""
+    try:
+        while futures:
+            if more is not None and (owner := pool()) is not None and (chunk := next(more, None)):
+                futures.append(owner.submit(_apply_chunk, fn, chunk))
+            future = futures.popleft()
+            try:
+                chunk_results = future.result(None if end is None else end - time.monotonic())
+            finally:
+                future.cancel()
+            yield from chunk_results
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+def _backend_factory(options: PoolOptions) -> BackendFactory:
+    if options.kind == "custom":
+        factory: BackendFactory = options.backend
+        return factory
+    if options.kind == "thread":
+        from parcelout.backends._thread import ThreadBackend
+
+        prefix = options.thread_name_prefix or "parcelout-thread"
+        return functools.partial(
+            ThreadBackend, initializer=options.initializer, initargs=options.initargs, name_prefix=prefix
+        )
+    from parcelout.backends._process import ProcessBackend, default_context
+
+    context = options.mp_context or default_context(options.start_method)
+    return functools.partial(
+        ProcessBackend, context=context, initializer=options.initializer, initargs=options.initargs
+    )
+
+
+@atexit.register
+def _shutdown_at_exit() -> None:
+    """As the standard executors: interpreter exit waits for submitted work."""
+    for pool in list(_live):
+        pool.shutdown(wait=True)

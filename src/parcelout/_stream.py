@@ -1,0 +1,136 @@
+"""A stream: one lazy map over a pool, running the data flow in the caller's
+thread::
+
+    items -> Feeder -> Batcher -> lane (the pool's engine, or inline) -> Collector -> caller
+
+At most ``window`` items are taken from the input and not yet yielded, so an
+endless generator streams in bounded memory. Closing the stream (end,
+``break``, ``close()``, garbage collection, an exception) cancels its batches
+that have not started.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+from collections import deque
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
+
+from parcelout._core._batcher import Batcher
+from parcelout._core._collector import Collector
+from parcelout._core._engine import Engine
+from parcelout._core._feeder import Feeder
+from parcelout._core._messages import Batch, BatchResult, Call, CancelGroup, Submitted
+from parcelout._failure import Failure, kind_of
+from parcelout._options import RunOptions
+from parcelout._progress import Progress
+from parcelout.backends._base import run_batch
+from parcelout.backends._process import _short
+
+_groups = itertools.count(1)
+
+
+class Lane(Protocol):
+    """Where a stream's batches run and its results come back from."""
+
+    workers: int
+
+    def submit(self, call: Call, items: list[tuple[int, Any]]) -> None: ...
+
+    def next_result(self) -> BatchResult: ...
+
+    def cancel(self) -> None: ...
+
+
+class EngineLane:
+    def __init__(self, engine: Engine, workers: int, ids: Iterator[int]) -> None:
+        self.workers = workers
+        self._engine = engine
+        self._ids = ids
+        self._group = next(_groups)
+        self._results: queue.SimpleQueue[BatchResult] = queue.SimpleQueue()
+
+    def submit(self, call: Call, items: list[tuple[int, Any]]) -> None:
+        batch = Batch(next(self._ids), call, items, self._results.put, self._group)
+        self._engine.post(Submitted(batch))
+
+    def next_result(self) -> BatchResult:
+        return self._results.get()
+
+    def cancel(self) -> None:
+        self._engine.post(CancelGroup(self._group))
+
+
+class InlineLane:
+    """The serial backend: each batch runs in the caller's thread when submitted."""
+
+    workers = 1
+
+    def __init__(self) -> None:
+        self._done: deque[BatchResult] = deque()
+
+    def submit(self, call: Call, items: list[tuple[int, Any]]) -> None:
+        batch = Batch(0, call, items, self._done.append)
+        payloads = [item for _, item in items]
+        values, errors, elapsed = run_batch(call.fn, call.star, payloads, interruptible=True)
+        self._done.append(BatchResult(batch, values, errors, elapsed))
+
+    def next_result(self) -> BatchResult:
+        return self._done.popleft()
+
+    def cancel(self) -> None:
+        pass
+
+
+def default_window(workers: int, batch_size: int) -> int:
+    """Enough items for every worker to hold a batch, another queued, and more
+    waiting to be sent."""
+    return max(4 * workers * batch_size, 16)
+
+
+def length_of(items: Iterable[Any]) -> int | None:
+    try:
+        return len(items)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def drive(lane: Lane, call: Call, items: Iterable[Any], options: RunOptions, ordered: bool) -> Iterator[Any]:
+    """Yield each item's result (or Failure), in input order if ``ordered``."""
+    total = length_of(items)
+    feeder = Feeder(items)
+    batcher = Batcher(lane.workers, options.chunksize, total)
+    collector = Collector(ordered)
+    progress = Progress(options.progress, total)
+    on_error = options.on_error
+    in_flight = 0  # taken from the input, not yet yielded
+    try:
+        while True:
+            size = batcher.size
+            window = options.window or (size if isinstance(lane, InlineLane) else default_window(lane.workers, size))
+            while in_flight < window and not feeder.exhausted:
+                chunk = feeder.take(min(size, window - in_flight))
+                if chunk:
+                    lane.submit(call, chunk)
+                    in_flight += len(chunk)
+            if in_flight == 0:
+                break
+            result = lane.next_result()
+            if result.elapsed > 0:
+                batcher.observe(len(result.values), result.elapsed)
+            progress.advance(len(result.batch.items))
+            for index, item, ok, value in collector.add(result):
+                in_flight -= 1
+                if ok:
+                    yield value
+                elif on_error == "raise":
+                    value.add_note(f"parcelout: raised by item {index} ({_short(item)})")
+                    raise value
+                elif on_error == "return":
+                    yield Failure(index, item, value, kind_of(value))
+        if feeder.error is not None:
+            raise feeder.error
+    finally:
+        lane.cancel()
+        progress.close()

@@ -1,0 +1,57 @@
+"""What every transport shares: running one batch of items, in whatever
+thread or process the transport gives it.
+
+This module imports nothing heavy: the child process imports it first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+
+class Slot(Protocol):
+    """Where a worker marks the item it is running (shared memory in a child)."""
+
+    def __setitem__(self, key: int, value: int) -> None: ...
+
+
+class Flag(Protocol):
+    cancelled: bool
+
+
+def run_batch(
+    fn: Callable[..., Any],
+    star: bool,
+    payloads: Sequence[Any],
+    slot: Slot | None = None,
+    flag: Flag | None = None,
+    interruptible: bool = False,
+) -> tuple[list[Any], dict[int, BaseException], float]:
+    """Apply ``fn`` to each payload; return values, exceptions by position, seconds.
+
+    Every ``BaseException`` an item raises is kept as its outcome (``SystemExit``
+    comes back as itself, as in ``concurrent.futures``). ``slot[1]`` is set to
+    the running position, then to -1 after the last item. A set
+    ``flag.cancelled`` stops the batch between items; the rest are left out.
+    ``interruptible``: a ``KeyboardInterrupt`` propagates (the caller's thread).
+    """
+    values: list[Any] = []
+    errors: dict[int, BaseException] = {}
+    start = time.perf_counter()
+    for pos, item in enumerate(payloads):
+        if flag is not None and flag.cancelled:
+            break
+        if slot is not None:
+            slot[1] = pos
+        try:
+            values.append(fn(*item[0], **item[1]) if star else fn(item))
+        except BaseException as exc:
+            if interruptible and isinstance(exc, KeyboardInterrupt):
+                raise
+            values.append(None)
+            errors[pos] = exc
+    if slot is not None:
+        slot[1] = -1
+    return values, errors, time.perf_counter() - start

@@ -1,0 +1,270 @@
+"""Process workers the pool owns: one process and one duplex pipe per worker.
+
+Owning the processes (rather than wrapping ``ProcessPoolExecutor``) is what
+lets the pool know which item each worker runs: the worker marks
+``[batch_id, position]`` in a small shared-memory slot, so when it dies the
+scheduler can blame exactly that item and give the others back.
+
+Two threads of the parent touch the pipes: the engine's dispatcher sends, and
+this backend's reader thread receives (``multiprocessing.connection.wait`` on
+every pipe, every process sentinel and a wake-up pipe). Sending and receiving
+in different threads means a worker blocked writing a large result can never
+deadlock against a parent blocked writing the next batch.
+
+Functions and items travel with cloudpickle where plain pickle cannot carry
+them. An item, function or result that cannot be pickled fails its own item,
+with a note that names it; the worker and the other items go on.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.context
+import os
+import pickle
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import cloudpickle
+
+from parcelout._core._messages import Batch, BatchDone, Call, Event, InitFailed, WorkerExited
+from parcelout.backends import _child
+from parcelout.errors import RemoteTraceback
+
+Context = multiprocessing.context.BaseContext
+_PRELOAD = ["__main__", "parcelout.backends._child"]
+
+
+def default_context(start_method: str | None = None) -> Context:
+    """The start method asked for, else forkserver where there is one, else spawn.
+
+    Not fork: the parent runs threads (the dispatcher, the reader), and
+    forking a process with threads can deadlock the child.
+    """
+    if start_method is None:
+        start_method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(start_method)
+    if start_method == "forkserver":
+        context.set_forkserver_preload(_PRELOAD)  # type: ignore[attr-defined]
+    return context
+
+
+@dataclass(eq=False)
+class _Worker:
+    id: int
+    process: Any
+    conn: Connection
+    slot: Any
+    known: set[int] = field(default_factory=set)
+    sizes: dict[int, int] = field(default_factory=dict)
+    send_errors: dict[int, dict[int, BaseException]] = field(default_factory=dict)
+    eof: bool = False
+
+
+class ProcessBackend:
+    def __init__(
+        self,
+        report: Callable[[Event], None],
+        *,
+        context: Context | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> None:
+        self._report = report
+        self._context = context or default_context()
+        self._init = None if initializer is None else _pickle_initializer(initializer, initargs)
+        self._workers: dict[int, _Worker] = {}
+        self._lock = threading.Lock()
+        self._closing = False
+        self._wake_r, self._wake_w = os.pipe()
+        self._reader = threading.Thread(target=self._read_loop, name="parcelout-reader", daemon=True)
+        self._reader.start()
+
+    # ------------------------------------------------------------ transport
+    def start_worker(self, worker: int) -> None:
+        conn, child_conn = self._context.Pipe(duplex=True)
+        slot = self._context.RawArray("q", [-1, -1])  # type: ignore[attr-defined]
+        process = self._context.Process(  # type: ignore[attr-defined]
+            target=_child.main, args=(child_conn, slot, self._init), name=f"parcelout-worker-{worker}"
+        )
+        try:
+            process.start()
+        except Exception as exc:
+            conn.close()
+            self._report(InitFailed(worker, exc))
+            self._report(WorkerExited(worker, None))
+            return
+        finally:
+            child_conn.close()
+        with self._lock:
+            self._workers[worker] = _Worker(worker, process, conn, slot)
+        self._wake()
+
+    def send(self, worker: int, batch: Batch) -> None:
+        proc = self._workers.get(worker)
+        if proc is None:
+            return  # it died; its WorkerExited is on the way and the scheduler requeues
+        call, n = batch.call, len(batch.items)
+        fn_bytes = _function_bytes(call)
+        if isinstance(fn_bytes, BaseException):
+            self._report(BatchDone(worker, batch.id, [None] * n, dict.fromkeys(range(n), fn_bytes), 0.0))
+            return
+        header = (batch.id, call.token, None if call.token in proc.known else fn_bytes, call.star, n)
+        payload, errors = _pickle_items(batch)
+        proc.sizes[batch.id] = n
+        if errors:
+            proc.send_errors[batch.id] = errors
+        try:
+            proc.conn.send_bytes(pickle.dumps(header, protocol=pickle.HIGHEST_PROTOCOL))
+            proc.conn.send_bytes(payload)
+        except (OSError, ValueError):
+            return  # it died meanwhile; the reader reports it
+        proc.known.add(call.token)
+
+    def stop_worker(self, worker: int) -> None:
+        proc = self._workers.get(worker)
+        if proc is not None:
+            try:
+                proc.conn.send_bytes(_child.STOP)
+            except (OSError, ValueError):
+                pass
+
+    def kill_worker(self, worker: int) -> None:
+        proc = self._workers.get(worker)
+        if proc is not None:
+            proc.process.kill()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            left = list(self._workers.values())
+        for proc in left:
+            proc.process.kill()
+        self._wake()
+        self._reader.join()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    # ------------------------------------------------------------ reader thread
+    def _wake(self) -> None:
+        os.write(self._wake_w, b"x")
+
+    def _read_loop(self) -> None:
+        while True:
+            with self._lock:
+                if self._closing and not self._workers:
+                    return
+                procs = list(self._workers.values())
+            waitables: dict[Any, _Worker] = {p.process.sentinel: p for p in procs}
+            waitables.update({p.conn: p for p in procs if not p.eof})
+            for ready in wait([self._wake_r, *waitables]):
+                if ready == self._wake_r:
+                    os.read(self._wake_r, 4096)
+                elif ready is waitables[ready].conn:
+                    self._receive(waitables[ready])
+                else:
+                    self._reap(waitables[ready])
+
+    def _receive(self, proc: _Worker) -> None:
+        try:
+            data = proc.conn.recv_bytes()
+        except (EOFError, OSError):
+            proc.eof = True  # its sentinel fires next
+            return
+        self._handle(proc, data)
+
+    def _reap(self, proc: _Worker) -> None:
+        """The process is gone: take what it sent before it died, then report."""
+        while not proc.eof:
+            try:
+                if not proc.conn.poll():
+                    break
+                data = proc.conn.recv_bytes()
+            except (EOFError, OSError):
+                break
+            self._handle(proc, data)
+        proc.process.join()
+        proc.conn.close()
+        with self._lock:
+            del self._workers[proc.id]
+        self._report(WorkerExited(proc.id, proc.process.exitcode, proc.slot[0], proc.slot[1]))
+
+    def _handle(self, proc: _Worker, data: bytes) -> None:
+        try:
+            reply = pickle.loads(data)
+        except Exception as exc:
+            exc.add_note("parcelout: a worker's results could not be unpickled in the parent")
+            if not proc.sizes:
+                return
+            batch_id = next(iter(proc.sizes))  # a worker answers its batches in order
+            n = proc.sizes.pop(batch_id)
+            proc.send_errors.pop(batch_id, None)
+            self._report(BatchDone(proc.id, batch_id, [None] * n, dict.fromkeys(range(n), exc), 0.0))
+            return
+        if reply[0] == "init_failed":
+            self._report(InitFailed(proc.id, _with_traceback(reply[1], reply[2])))
+            return
+        _, batch_id, values, sent_errors, elapsed = reply
+        proc.sizes.pop(batch_id, None)
+        errors = {pos: _with_traceback(exc, tb) for pos, (exc, tb) in sent_errors.items()}
+        errors.update(proc.send_errors.pop(batch_id, {}))
+        self._report(BatchDone(proc.id, batch_id, values, errors, elapsed))
+
+
+def _with_traceback(exc: BaseException, tb: str) -> BaseException:
+    exc.__cause__ = RemoteTraceback(tb)
+    return exc
+
+
+def _pickle_initializer(initializer: Callable[..., object], initargs: tuple[Any, ...]) -> bytes:
+    try:
+        return bytes(cloudpickle.dumps((initializer, initargs)))
+    except Exception as exc:
+        exc.add_note("parcelout: the initializer and its initargs could not be pickled for a process worker")
+        raise
+
+
+def _function_bytes(call: Call) -> bytes | BaseException:
+    """The pickled function, made once per call and kept on it."""
+    if call.payload is None:
+        try:
+            call.payload = bytes(cloudpickle.dumps(call.fn))
+        except Exception as exc:
+            exc.add_note(f"parcelout: the function {call.fn!r} could not be pickled to send it to a process worker")
+            call.payload = exc
+    return call.payload
+
+
+def _pickle_items(batch: Batch) -> tuple[bytes, dict[int, BaseException]]:
+    """The batch's items pickled as one list; items that cannot be pickled are
+    sent as None and come back as their pickling error."""
+    payloads = [item for _, item in batch.items]
+    for dumps in (_plain_dumps, cloudpickle.dumps):
+        try:
+            return bytes(dumps(payloads)), {}
+        except Exception:
+            pass
+    errors: dict[int, BaseException] = {}
+    for pos, (index, item) in enumerate(batch.items):
+        try:
+            cloudpickle.dumps(item)
+        except Exception as exc:
+            exc.add_note(f"parcelout: item {index} ({_short(item)}) could not be pickled to send it to a process worker")
+            errors[pos] = exc
+            payloads[pos] = None
+    return bytes(cloudpickle.dumps(payloads)), errors
+
+
+def _plain_dumps(obj: object) -> bytes:
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _short(obj: object, limit: int = 80) -> str:
+    try:
+        text = repr(obj)
+    except Exception:
+        text = f"<{type(obj).__name__} object>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

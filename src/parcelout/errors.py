@@ -1,0 +1,81 @@
+"""The exceptions parcelout raises, each a subclass of what a standard-library
+user already catches.
+
+* ``WorkerCrashed`` is a ``concurrent.futures.process.BrokenProcessPool``, so a
+  handler written for ``ProcessPoolExecutor`` still catches it, yet a parcelout
+  pool is not broken by it: only the item that was running fails.
+* ``InitializerFailed`` is both a ``BrokenProcessPool`` and a
+  ``BrokenThreadPool``: after it the pool takes no more work, as the standard
+  executors do.
+* ``RemoteTraceback`` is attached as ``__cause__`` of an exception that came
+  back from a process worker, so the worker's traceback is printed with it.
+* ``RemoteError`` stands in for an exception that could not travel back from a
+  process worker (one that cannot be pickled or unpickled).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures.thread import BrokenThreadPool
+
+__all__ = [
+    "InitializerFailed",
+    "RemoteError",
+    "RemoteTraceback",
+    "WorkerCrashed",
+]
+
+
+class RemoteTraceback(Exception):
+    """The formatted traceback of an exception raised in a worker process."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb}"""'
+
+
+class RemoteError(Exception):
+    """An exception raised in a worker that could not be sent back as itself.
+
+    Attributes:
+        type_name: the qualified name of the original exception's type.
+        message: ``str()`` of the original exception.
+        reason: why it could not travel (the pickling error).
+    """
+
+    def __init__(self, type_name: str, message: str, reason: str) -> None:
+        super().__init__(type_name, message, reason)
+        self.type_name = type_name
+        self.message = message
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return (
+            f"{self.type_name}: {self.message} "
+            f"(raised in a worker; it could not be sent back as itself: {self.reason})"
+        )
+
+
+class WorkerCrashed(BrokenProcessPool):
+    """The worker process running the item died (signal, ``os._exit``, OOM kill).
+
+    Only that item fails; the pool respawns the worker and goes on.
+
+    Attributes:
+        exitcode: the process's exit code, negative for a signal (as in
+            ``multiprocessing.Process.exitcode``), or None if unknown.
+    """
+
+    def __init__(self, message: str, exitcode: int | None = None) -> None:
+        super().__init__(message)
+        self.exitcode = exitcode
+
+    def __reduce__(self) -> tuple[type[WorkerCrashed], tuple[str, int | None]]:
+        return (type(self), (str(self), self.exitcode))
+
+
+class InitializerFailed(BrokenProcessPool, BrokenThreadPool):
+    """A worker's ``initializer`` raised; the pool takes no more work."""
