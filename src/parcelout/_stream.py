@@ -89,6 +89,22 @@ def default_window(workers: int, batch_size: int) -> int:
     return max(4 * workers * batch_size, 16)
 
 
+def window_and_batch(lane: Lane, size: int, window: int | None) -> tuple[int, int]:
+    """The window now, and how many items to take at a time.
+
+    Inline, one batch runs at a time. Otherwise at most four batches per
+    worker are out, so that the batch size can adapt to what it measures, and
+    a batch is only sent whole: topping up the window item by item would
+    shrink every batch to one item.
+    """
+    if isinstance(lane, InlineLane):
+        limit = min(size, window) if window else size
+        return limit, limit
+    limit = default_window(lane.workers, size)
+    window = min(window, limit) if window else limit
+    return window, max(1, min(size, window // (2 * lane.workers)))
+
+
 def length_of(items: Iterable[Any]) -> int | None:
     try:
         return len(items)  # type: ignore[arg-type]
@@ -107,10 +123,9 @@ def drive(lane: Lane, call: Call, items: Iterable[Any], options: RunOptions, ord
     in_flight = 0  # taken from the input, not yet yielded
     try:
         while True:
-            size = batcher.size
-            window = options.window or (size if isinstance(lane, InlineLane) else default_window(lane.workers, size))
-            while in_flight < window and not feeder.exhausted:
-                chunk = feeder.take(min(size, window - in_flight))
+            window, want = window_and_batch(lane, batcher.size, options.window)
+            while window - in_flight >= want and not feeder.exhausted:
+                chunk = feeder.take(want)
                 if chunk:
                     lane.submit(call, chunk)
                     in_flight += len(chunk)

@@ -226,6 +226,7 @@ class Scheduler:
                 if worker.inflight:
                     for batch in worker.inflight:
                         batch.cancelled = True
+                    worker.retiring = True
                     out.append(KillWorker(worker.id))
 
     # ------------------------------------------------------------ helpers

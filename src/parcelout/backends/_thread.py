@@ -45,7 +45,9 @@ class ThreadBackend:
         self._inboxes[worker].put(batch)
 
     def stop_worker(self, worker: int) -> None:
-        self._inboxes.pop(worker).put(None)
+        inbox = self._inboxes.pop(worker, None)
+        if inbox is not None:
+            inbox.put(None)
 
     kill_worker = stop_worker
 

@@ -1,0 +1,79 @@
+"""Fixtures every test shares.
+
+* ``backend``: runs a behaviour test on every backend (the process backend
+  under each start method).
+* An autouse check that a test leaves no child process and no parcelout
+  thread behind.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from tests.waits import wait_until
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+BACKENDS = ["serial", "thread", "process"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture(params=["forkserver", "spawn"])
+def start_method(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+def _helper_pids() -> set[int]:
+    """multiprocessing's own long-lived helpers: the fork server, the resource tracker."""
+    pids = set()
+    from multiprocessing import forkserver, resource_tracker
+
+    for pid in (
+        getattr(forkserver._forkserver, "_forkserver_pid", None),
+        getattr(resource_tracker._resource_tracker, "_pid", None),
+    ):
+        if pid is not None:
+            pids.add(pid)
+    return pids
+
+
+def leftover_children() -> list[psutil.Process]:
+    helpers = _helper_pids()
+    alive = []
+    for child in psutil.Process().children(recursive=False):
+        try:
+            if child.pid not in helpers and child.status() != psutil.STATUS_ZOMBIE:
+                alive.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def parcelout_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("parcelout") and t.is_alive()]
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if request.node.get_closest_marker("leaves_threads"):
+        return
+    wait_until(lambda: not leftover_children(), 10, "every worker process to exit")
+    wait_until(lambda: not parcelout_threads(), 10, "every parcelout thread to end")
+    multiprocessing.active_children()  # reap
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "leaves_threads: the test documents a stray thread; skip the leak check")

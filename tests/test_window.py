@@ -1,0 +1,80 @@
+"""Input is pulled lazily through a bounded window: the items taken from the
+input and not yet yielded never exceed it, on millions of items, and the
+parent's memory stays flat."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+import parcelout
+from parcelout._core._batcher import UNKNOWN_LENGTH_CAP
+from parcelout._stream import default_window
+
+MILLIONS = 2_000_000
+
+
+def add_one(x: int) -> int:
+    return x + 1
+
+
+class Counting:
+    """An endless input that counts what was taken from it."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            yield self.taken
+            self.taken += 1
+
+
+@pytest.mark.parametrize("window", [1, 7, 1000])
+def test_in_flight_never_exceeds_the_window(backend: str, window: int) -> None:
+    source = Counting()
+    most = 0
+    for yielded, value in enumerate(parcelout.imap(add_one, source, backend=backend, workers=2, window=window), 1):
+        assert value == yielded
+        most = max(most, source.taken - yielded)
+        if yielded == 20_000:
+            break
+    assert most <= window
+
+
+def test_default_window_is_bounded_on_endless_input(backend: str) -> None:
+    source = Counting()
+    most = 0
+    for yielded, _ in enumerate(parcelout.imap(add_one, source, backend=backend, workers=2), 1):
+        most = max(most, source.taken - yielded)
+        if yielded == 100_000:
+            break
+    assert most <= default_window(2, UNKNOWN_LENGTH_CAP)
+
+
+@pytest.mark.timeout(120)
+def test_millions_of_items_in_flat_memory(backend: str) -> None:
+    source = Counting()
+    window = 10_000
+    rss = psutil.Process().memory_info().rss
+    total = 0
+    most = 0
+    stream = parcelout.imap(add_one, source, backend=backend, workers=2, window=window)
+    for yielded, value in enumerate(stream, 1):
+        total += value
+        if yielded % 100_000 == 0:
+            most = max(most, source.taken - yielded)
+            if yielded == 200_000:
+                gc.collect()
+                rss = psutil.Process().memory_info().rss  # after start-up and warm-up
+        if yielded == MILLIONS:
+            break
+    stream.close()
+    grown = psutil.Process().memory_info().rss - rss
+    assert total == MILLIONS * (MILLIONS + 1) // 2
+    assert most <= window
+    # 1.8 million more items held would be well over 50 MiB.
+    assert grown < 30 * 2**20, f"memory grew by {grown / 2**20:.1f} MiB"
