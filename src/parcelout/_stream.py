@@ -52,7 +52,7 @@ class EngineLane:
         self._results: queue.SimpleQueue[BatchResult] = queue.SimpleQueue()
 
     def submit(self, call: Call, items: list[tuple[int, Any]]) -> None:
-        batch = Batch(next(self._ids), call, items, self._results.put, self._group)
+        batch = Batch(next(self._ids), call, items, self._results.put, self._group, queueable=True)
         self._engine.post(Submitted(batch))
 
     def next_result(self) -> BatchResult:

@@ -51,7 +51,13 @@ class Engine:
         self._inbox.put(event)
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait until every worker is gone; True if so within ``timeout``."""
+        """Wait until every worker is gone; True if so within ``timeout``.
+
+        Called on the dispatcher thread itself (a future's done callback runs
+        there), it cannot wait for itself and returns False at once.
+        """
+        if threading.current_thread() is self._thread:
+            return self._done.is_set()
         return self._done.wait(timeout)
 
     def _run(self) -> None:

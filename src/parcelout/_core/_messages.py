@@ -12,6 +12,7 @@ carry. This module holds data only: no threads, no I/O.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +45,11 @@ class Batch:
     ``sink`` receives the finished ``BatchResult``; ``try_start`` is asked once,
     just before the batch is sent, and a False answer drops it (a cancelled
     future); ``group`` lets one stream cancel all of its pending batches.
-    ``cancelled`` is read by in-process workers between items.
+    ``cancelled`` is read by in-process workers between items. A ``queueable``
+    batch may wait at a busy worker behind the one it runs (stream batches,
+    sized to take a few milliseconds, so the round trip is hidden); any other
+    batch waits in the pool's queue for an idle worker, so a quick task is
+    never stranded behind a long one.
     """
 
     id: int
@@ -54,11 +59,12 @@ class Batch:
     group: int = 0
     try_start: Callable[[], bool] | None = None
     cancelled: bool = False
+    queueable: bool = False
 
     def split(self, n: int, new_id: int) -> tuple[Batch, Batch]:
         """The first ``n`` items keep this batch's id; the rest get ``new_id``."""
-        head = Batch(self.id, self.call, self.items[:n], self.sink, self.group, cancelled=self.cancelled)
-        tail = Batch(new_id, self.call, self.items[n:], self.sink, self.group, cancelled=self.cancelled)
+        head = dataclasses.replace(self, items=self.items[:n], try_start=None)
+        tail = dataclasses.replace(self, id=new_id, items=self.items[n:], try_start=None)
         return head, tail
 
 

@@ -76,7 +76,8 @@ class Scheduler:
         size: how many workers to keep.
         new_id: returns a fresh batch id (for batches split off others).
         depth: how many batches a worker may hold at once (one running, the
-            rest queued at the worker to hide the round trip).
+            rest queued at the worker to hide the round trip); only
+            ``queueable`` batches are queued behind another.
         max_items_per_worker: replace a worker after it was sent this many
             items (None: never).
     """
@@ -117,7 +118,9 @@ class Scheduler:
 
     # ------------------------------------------------------------ entry points
     def start(self) -> list[Instruction]:
-        return [self._spawn() for _ in range(self._size)]
+        """Nothing yet: as in the standard executors, workers start on demand,
+        when work arrives and no worker is free to take it."""
+        return []
 
     def handle(self, event: Event) -> list[Instruction]:
         out: list[Instruction] = []
@@ -165,8 +168,6 @@ class Scheduler:
             self._attribute_crash(worker, event, out)
         elif worker.inflight:
             out.extend(_cancelled(b) for b in worker.inflight)
-        if self._needs_workers():
-            out.append(self._spawn())
 
     def _attribute_crash(self, worker: _Worker, event: WorkerExited, out: list[Instruction]) -> None:
         """Fail only the item that was running; give the others back to the queue.
@@ -230,12 +231,10 @@ class Scheduler:
                     out.append(KillWorker(worker.id))
 
     # ------------------------------------------------------------ helpers
-    def _needs_workers(self) -> bool:
+    def _can_grow(self) -> bool:
         if self._killing or self.broken is not None:
             return False
-        if not self._closing:
-            return True
-        return bool(self._pending) or any(w.inflight for w in self._workers.values())
+        return len(self._workers) < self._size
 
     def _spawn(self) -> StartWorker:
         worker = _Worker(self._next_worker)
@@ -246,7 +245,10 @@ class Scheduler:
     def _dispatch(self, out: list[Instruction]) -> None:
         while self._pending:
             worker = self._least_loaded()
-            if worker is None:
+            if (worker is None or worker.inflight) and self._can_grow():
+                out.append(self._spawn())
+                continue
+            if worker is None or (worker.inflight and not self._pending[0].queueable):
                 return
             batch = self._pending.popleft()
             if batch.cancelled or (batch.try_start is not None and not batch.try_start()):
