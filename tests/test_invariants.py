@@ -6,6 +6,7 @@ and failing items."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -32,7 +33,7 @@ def plans(crash: bool) -> st.SearchStrategy[list[str]]:
     return st.lists(st.sampled_from(kinds), max_size=120)
 
 
-def check(outcomes: list[object], plan: list[str], ordered: bool) -> None:
+def check(outcomes: Sequence[object], plan: list[str], ordered: bool) -> None:
     seen: dict[int, object] = {}
     for outcome in outcomes:
         index = outcome.index if isinstance(outcome, Failure) else int(outcome) // 2  # type: ignore[call-overload]
@@ -56,7 +57,9 @@ def check(outcomes: list[object], plan: list[str], ordered: bool) -> None:
         assert indices == sorted(indices)
 
 
-def run(backend: str, plan: list[str], workers: int, chunksize: int | None, window: int | None, ordered: bool) -> None:
+def run(
+    backend: str, plan: list[str], *, workers: int, chunksize: int | None, window: int | None, ordered: bool
+) -> None:
     items = list(enumerate(plan))
     mapper = parcelout.imap if ordered else parcelout.imap_unordered
     outcomes = list(
@@ -88,7 +91,7 @@ slow = settings(max_examples=15, deadline=None, suppress_health_check=[HealthChe
 def test_exactly_once_serial(
     plan: list[str], workers: int, chunksize: int | None, window: int | None, ordered: bool
 ) -> None:
-    run("serial", plan, workers, chunksize, window, ordered)
+    run("serial", plan, workers=workers, chunksize=chunksize, window=window, ordered=ordered)
 
 
 @quick
@@ -96,7 +99,7 @@ def test_exactly_once_serial(
 def test_exactly_once_thread(
     plan: list[str], workers: int, chunksize: int | None, window: int | None, ordered: bool
 ) -> None:
-    run("thread", plan, workers, chunksize, window, ordered)
+    run("thread", plan, workers=workers, chunksize=chunksize, window=window, ordered=ordered)
 
 
 @slow
@@ -104,7 +107,7 @@ def test_exactly_once_thread(
 def test_exactly_once_process_with_crashes(
     plan: list[str], workers: int, chunksize: int | None, window: int | None, ordered: bool
 ) -> None:
-    run("process", plan, workers, chunksize, window, ordered)
+    run("process", plan, workers=workers, chunksize=chunksize, window=window, ordered=ordered)
 
 
 @slow

@@ -8,7 +8,7 @@ dropped and process workers are killed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from typing import Any, Literal, TypeVar, overload
 
 from parcelout._core._engine import BackendFactory
@@ -35,7 +35,7 @@ def imap(
     progress: ProgressSpec = ...,
     start_method: str | None = ...,
     max_tasks_per_worker: int | None = ...,
-) -> Iterator[R]: ...
+) -> Generator[R, None, None]: ...
 @overload
 def imap(
     fn: Callable[[T], R],
@@ -51,7 +51,7 @@ def imap(
     progress: ProgressSpec = ...,
     start_method: str | None = ...,
     max_tasks_per_worker: int | None = ...,
-) -> Iterator[R | Failure[T]]: ...
+) -> Generator[R | Failure[T], None, None]: ...
 def imap(
     fn: Callable[[T], R],
     items: Iterable[T],
@@ -66,7 +66,7 @@ def imap(
     progress: ProgressSpec = False,
     start_method: str | None = None,
     max_tasks_per_worker: int | None = None,
-) -> Iterator[Any]:
+) -> Generator[Any, None, None]:
     """Apply ``fn`` to each item on a pool of workers; yield results in input order.
 
     Input is pulled lazily: at most ``window`` items are taken and not yet
@@ -118,7 +118,7 @@ def imap_unordered(
     *,
     on_error: Literal["raise", "skip"] = ...,
     **options: Any,
-) -> Iterator[R]: ...
+) -> Generator[R, None, None]: ...
 @overload
 def imap_unordered(
     fn: Callable[[T], R],
@@ -126,8 +126,10 @@ def imap_unordered(
     *,
     on_error: Literal["return"],
     **options: Any,
-) -> Iterator[R | Failure[T]]: ...
-def imap_unordered(fn: Callable[[T], R], items: Iterable[T], *, on_error: OnError = "raise", **options: Any) -> Iterator[Any]:
+) -> Generator[R | Failure[T], None, None]: ...
+def imap_unordered(
+    fn: Callable[[T], R], items: Iterable[T], *, on_error: OnError = "raise", **options: Any
+) -> Generator[Any, None, None]:
     """As ``imap``, with results in the order they complete. Same options."""
     check_callable(fn)
     run = {k: options.pop(k) for k in ("chunksize", "window", "progress") if k in options}
@@ -157,7 +159,7 @@ def map(fn: Callable[[T], R], items: Iterable[T], *, on_error: OnError = "raise"
 
 def _owned(
     pool_options: PoolOptions, fn: Callable[..., Any], items: Iterable[Any], run: RunOptions, ordered: bool
-) -> Iterator[Any]:
+) -> Generator[Any, None, None]:
     """A stream over a pool of its own, started at the first ``next()``."""
     pool = Pool(
         pool_options.workers,

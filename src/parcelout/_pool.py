@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import atexit
 import functools
-import multiprocessing.util  # noqa: F401  (registers its exit hook before ours, so ours runs first)
 import itertools
+import multiprocessing.util  # noqa: F401  (registers its exit hook before ours, so ours runs first)
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
 from typing import Any, TypeVar
 
@@ -153,14 +153,14 @@ class Pool(Executor):
             self._engine.post(Submitted(batch))
         return future
 
-    def map(  # type: ignore[override]
+    def map(
         self,
         fn: Callable[..., R],
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
         buffersize: int | None = None,
-    ) -> Iterator[R]:
+    ) -> Generator[R, None, None]:
         """``Executor.map``: submits the work at the call (``buffersize`` at
         most at once), yields results in order, raises an item's exception
         where it comes, raises ``TimeoutError`` if the results are not all in
@@ -206,7 +206,7 @@ class Pool(Executor):
         window: int | None = None,
         on_error: str = "raise",
         progress: Any = False,
-    ) -> Iterator[Any]:
+    ) -> Generator[Any, None, None]:
         """Results of ``fn`` over ``items`` in input order, lazily (see ``parcelout.imap``)."""
         options = RunOptions(chunksize, window, on_error, progress)  # type: ignore[arg-type]
         return self._stream(fn, items, options, ordered=True)
@@ -220,12 +220,14 @@ class Pool(Executor):
         window: int | None = None,
         on_error: str = "raise",
         progress: Any = False,
-    ) -> Iterator[Any]:
+    ) -> Generator[Any, None, None]:
         """As ``imap``, in the order the results complete."""
         options = RunOptions(chunksize, window, on_error, progress)  # type: ignore[arg-type]
         return self._stream(fn, items, options, ordered=False)
 
-    def _stream(self, fn: Callable[..., Any], items: Iterable[Any], options: RunOptions, ordered: bool) -> Iterator[Any]:
+    def _stream(
+        self, fn: Callable[..., Any], items: Iterable[Any], options: RunOptions, ordered: bool
+    ) -> Generator[Any, None, None]:
         check_callable(fn)
         with self._lock:
             self._check_open()
@@ -294,7 +296,7 @@ def _results(
     more: Iterator[list[Any]] | None,
     pool: weakref.ref[Pool],
     fn: Callable[..., R],
-) -> Iterator[R]:
+) -> Generator[R, None, None]:
     """Executor.map's iterator: in order, with a deadline, refilling a buffer."""
     try:
         while futures:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import queue
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import Any, Protocol
 
 from parcelout._core._batcher import Batcher
@@ -112,7 +112,9 @@ def length_of(items: Iterable[Any]) -> int | None:
         return None
 
 
-def drive(lane: Lane, call: Call, items: Iterable[Any], options: RunOptions, ordered: bool) -> Iterator[Any]:
+def drive(
+    lane: Lane, call: Call, items: Iterable[Any], options: RunOptions, ordered: bool
+) -> Generator[Any, None, None]:
     """Yield each item's result (or Failure), in input order if ``ordered``."""
     total = length_of(items)
     feeder = Feeder(items)

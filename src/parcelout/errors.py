@@ -54,8 +54,7 @@ class RemoteError(Exception):
 
     def __str__(self) -> str:
         return (
-            f"{self.type_name}: {self.message} "
-            f"(raised in a worker; it could not be sent back as itself: {self.reason})"
+            f"{self.type_name}: {self.message} (raised in a worker; it could not be sent back as itself: {self.reason})"
         )
 
 

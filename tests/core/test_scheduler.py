@@ -15,6 +15,7 @@ import itertools
 from collections import Counter
 from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -162,7 +163,9 @@ actions = st.lists(
     quota=st.none() | st.integers(1, 6),
     steps=actions,
 )
-def test_every_item_delivered_exactly_once(size: int, depth: int, quota: int | None, steps: list[tuple[int, ...]]) -> None:
+def test_every_item_delivered_exactly_once(
+    size: int, depth: int, quota: int | None, steps: list[tuple[Any, ...]]
+) -> None:
     world = World(size, depth, quota)
     expected_crashes = []
     for step in steps:

@@ -112,13 +112,15 @@ class WorkerExited:
     """A worker is gone, with ``exitcode`` as in ``Process.exitcode``.
 
     ``batch_id`` and ``position`` say which item it was running when it died
-    (position -1: between items), as far as the transport knows.
+    (position -1: between items), as far as the transport knows. ``started``
+    is False for a worker that died before it was ready to run anything.
     """
 
     worker: int
     exitcode: int | None
     batch_id: int = -1
     position: int = -1
+    started: bool = True
 
 
 @dataclass(frozen=True, slots=True)

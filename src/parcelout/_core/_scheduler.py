@@ -48,6 +48,10 @@ from parcelout._core._messages import (
 )
 from parcelout.errors import InitializerFailed, WorkerCrashed
 
+# A worker that dies before it is ready may be bad luck (killed from outside);
+# this many in a row, with no batch finished between them, is a broken setup.
+START_FAILURES_TO_BREAK = 3
+
 
 @dataclass
 class _Worker:
@@ -99,6 +103,7 @@ class Scheduler:
         self._next_worker = 0
         self._closing = False
         self._killing = False
+        self._start_failures = 0
         self.broken: BaseException | None = None
 
     # ------------------------------------------------------------ queries
@@ -151,6 +156,7 @@ class Scheduler:
             self._pending.append(batch)
 
     def _on_batch_done(self, event: BatchDone, out: list[Instruction]) -> None:
+        self._start_failures = 0
         worker = self._workers.get(event.worker)
         if worker is None:
             return
@@ -164,6 +170,20 @@ class Scheduler:
         worker = self._workers.pop(event.worker, None)
         if worker is None:
             return
+        if not event.started and not worker.retiring and not self._killing:
+            self._start_failures += 1
+            if self._start_failures >= START_FAILURES_TO_BREAK:
+                cause = WorkerCrashed(
+                    f"a worker process died during start-up ({describe_exit(event.exitcode)})", event.exitcode
+                )
+                self._break(
+                    f"{self._start_failures} worker processes in a row died during start-up, the last with "
+                    f"{describe_exit(event.exitcode)}; see their standard error (a main module that cannot be "
+                    "imported again in a worker, such as a script read from standard input, is a common cause)",
+                    cause,
+                    worker,
+                    out,
+                )
         if worker.inflight and not self._killing:
             self._attribute_crash(worker, event, out)
         elif worker.inflight:
@@ -195,14 +215,15 @@ class Scheduler:
         self._pending.extendleft(reversed(requeue))
 
     def _on_init_failed(self, worker_id: int, error: BaseException, out: list[Instruction]) -> None:
+        reason = f"a worker's initializer raised {type(error).__name__}: {error}"
+        self._break(reason, error, self._workers.get(worker_id), out)
+
+    def _break(self, reason: str, cause: BaseException, worker: _Worker | None, out: list[Instruction]) -> None:
+        """The pool cannot start workers: fail what waits and take no more work."""
         if self.broken is None:
-            broken = InitializerFailed(
-                f"a worker's initializer raised {type(error).__name__}: {error}; "
-                "the pool takes no more work"
-            )
-            broken.__cause__ = error
+            broken = InitializerFailed(f"{reason}; the pool takes no more work")
+            broken.__cause__ = cause
             self.broken = broken
-        worker = self._workers.get(worker_id)
         for batch in [*self._pending, *(worker.inflight if worker else ())]:
             out.append(_fail_all(batch, self.broken))
         self._pending.clear()

@@ -26,6 +26,7 @@ def run_batch(
     star: bool,
     payloads: Sequence[Any],
     slot: Slot | None = None,
+    *,
     flag: Flag | None = None,
     interruptible: bool = False,
 ) -> tuple[list[Any], dict[int, BaseException], float]:

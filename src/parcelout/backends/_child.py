@@ -3,14 +3,16 @@
 The parent sends each batch as two messages over a duplex pipe: a pickled
 header ``(batch_id, token, fn_bytes, star, n)`` and the pickled list of the
 ``n`` items, so that items that fail to unpickle fail alone, not the worker.
-The function comes once per worker (cached by token). A receiver thread moves messages off the pipe at once, so the parent's
-send never waits for the current item to finish, and it ends the process
-when the parent is gone (end of file on the pipe). The worker marks
+The function comes once per worker (cached by token). A receiver thread
+moves messages off the pipe at once, so the parent's send never waits for
+the current item to finish, and it ends the process when the parent is gone
+(end of file on the pipe). The worker marks
 ``slot = [batch_id, position]`` in shared memory before each item: if it dies,
 the parent knows which item killed it.
 
-Replies: ``("done", batch_id, values, {pos: (exception, traceback)}, seconds)``
-or ``("init_failed", exception, traceback)``.
+Replies: ``("ready",)`` once started (after the initializer), then
+``("done", batch_id, values, {pos: (exception, traceback)}, seconds)`` per
+batch; or ``("init_failed", exception, traceback)``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def main(conn: Connection, slot: Slot, init: bytes | None) -> None:
         except BaseException as exc:
             _send(conn, ("init_failed", *transportable(exc)))
             return
+    _send(conn, ("ready",))
     fns: dict[int, Callable[..., Any] | BaseException] = {}
     while (message := inbox.get()) is not None:
         _send(conn, _run(*message, fns, slot))
@@ -133,4 +136,3 @@ def _dumps_sparing_results(reply: tuple[Any, ...]) -> bytes:
             errors[pos] = transportable(exc)
             values[pos] = None
     return bytes(cloudpickle.dumps((kind, batch_id, values, errors, elapsed)))
-

@@ -18,12 +18,14 @@ with a note that names it; the worker and the other items go on.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.context
 import os
 import pickle
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -48,7 +50,7 @@ def default_context(start_method: str | None = None) -> Context:
         start_method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(start_method)
     if start_method == "forkserver":
-        context.set_forkserver_preload(_PRELOAD)  # type: ignore[attr-defined]
+        context.set_forkserver_preload(_PRELOAD)
     return context
 
 
@@ -62,6 +64,7 @@ class _Worker:
     sizes: dict[int, int] = field(default_factory=dict)
     send_errors: dict[int, dict[int, BaseException]] = field(default_factory=dict)
     eof: bool = False
+    ready: bool = False
 
 
 class ProcessBackend:
@@ -86,16 +89,17 @@ class ProcessBackend:
     # ------------------------------------------------------------ transport
     def start_worker(self, worker: int) -> None:
         conn, child_conn = self._context.Pipe(duplex=True)
-        slot = self._context.RawArray("q", [-1, -1])  # type: ignore[attr-defined]
+        slot = self._context.RawArray("q", [-1, -1])
         process = self._context.Process(  # type: ignore[attr-defined]
             target=_child.main, args=(child_conn, slot, self._init), name=f"parcelout-worker-{worker}"
         )
         try:
-            process.start()
+            with _main_without_a_missing_file():
+                process.start()
         except Exception as exc:
             conn.close()
             self._report(InitFailed(worker, exc))
-            self._report(WorkerExited(worker, None))
+            self._report(WorkerExited(worker, None, started=False))
             return
         finally:
             child_conn.close()
@@ -127,10 +131,8 @@ class ProcessBackend:
     def stop_worker(self, worker: int) -> None:
         proc = self._workers.get(worker)
         if proc is not None:
-            try:
+            with contextlib.suppress(OSError, ValueError):  # it died: the reader reports it
                 proc.conn.send_bytes(_child.STOP)
-            except (OSError, ValueError):
-                pass
 
     def kill_worker(self, worker: int) -> None:
         proc = self._workers.get(worker)
@@ -190,7 +192,7 @@ class ProcessBackend:
         proc.conn.close()
         with self._lock:
             del self._workers[proc.id]
-        self._report(WorkerExited(proc.id, proc.process.exitcode, proc.slot[0], proc.slot[1]))
+        self._report(WorkerExited(proc.id, proc.process.exitcode, proc.slot[0], proc.slot[1], proc.ready))
 
     def _handle(self, proc: _Worker, data: bytes) -> None:
         try:
@@ -204,6 +206,9 @@ class ProcessBackend:
             proc.send_errors.pop(batch_id, None)
             self._report(BatchDone(proc.id, batch_id, [None] * n, dict.fromkeys(range(n), exc), 0.0))
             return
+        if reply[0] == "ready":
+            proc.ready = True
+            return
         if reply[0] == "init_failed":
             self._report(InitFailed(proc.id, _with_traceback(reply[1], reply[2])))
             return
@@ -212,6 +217,32 @@ class ProcessBackend:
         errors = {pos: _with_traceback(exc, tb) for pos, (exc, tb) in sent_errors.items()}
         errors.update(proc.send_errors.pop(batch_id, {}))
         self._report(BatchDone(proc.id, batch_id, values, errors, elapsed))
+
+
+@contextlib.contextmanager
+def _main_without_a_missing_file() -> Iterator[None]:
+    """Start workers of a main module that has no file to import again.
+
+    The spawn and forkserver start methods run the parent's main file again
+    in each worker. A script read from standard input has ``__file__ ==
+    "<stdin>"``, so every worker would die at start-up. Its functions travel
+    by value (cloudpickle), so the workers do not need it: hide the name while
+    the worker starts.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or getattr(main, "__spec__", None) is not None or path is None or os.path.exists(path):
+        yield
+        return
+    with _main_lock:
+        del main.__file__
+        try:
+            yield
+        finally:
+            main.__file__ = path
+
+
+_main_lock = threading.Lock()
 
 
 def _with_traceback(exc: BaseException, tb: str) -> BaseException:
@@ -252,7 +283,9 @@ def _pickle_items(batch: Batch) -> tuple[bytes, dict[int, BaseException]]:
         try:
             cloudpickle.dumps(item)
         except Exception as exc:
-            exc.add_note(f"parcelout: item {index} ({_short(item)}) could not be pickled to send it to a process worker")
+            exc.add_note(
+                f"parcelout: item {index} ({_short(item)}) could not be pickled to send it to a process worker"
+            )
             errors[pos] = exc
             payloads[pos] = None
     return bytes(cloudpickle.dumps(payloads)), errors

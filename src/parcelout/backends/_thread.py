@@ -33,9 +33,7 @@ class ThreadBackend:
 
     def start_worker(self, worker: int) -> None:
         inbox: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
-        thread = threading.Thread(
-            target=self._work, args=(worker, inbox), name=f"{self._prefix}_{worker}", daemon=True
-        )
+        thread = threading.Thread(target=self._work, args=(worker, inbox), name=f"{self._prefix}_{worker}", daemon=True)
         self._inboxes[worker] = inbox
         self._threads = {w: t for w, t in self._threads.items() if t.is_alive()}
         self._threads[worker] = thread
