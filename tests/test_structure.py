@@ -1,0 +1,47 @@
+"""The code's shape, checked: the core decides, backends carry out.
+
+``parcelout._core`` (feeder, batcher, scheduler, engine, collector) must not
+import a backend or anything that does I/O for one: policy lives there, and
+backends stay thin and replaceable.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import parcelout
+
+CORE = Path(parcelout.__file__).parent / "_core"
+ALLOWED_INTERNAL = ("parcelout._core", "parcelout.errors")
+FORBIDDEN_STDLIB = {"multiprocessing", "subprocess", "socket", "os", "pickle"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module is not None and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_the_core_imports_no_backend_and_no_process_machinery() -> None:
+    files = sorted(CORE.glob("*.py"))
+    assert {f.stem for f in files} >= {"_scheduler", "_engine", "_feeder", "_batcher", "_collector", "_messages"}
+    for path in files:
+        for module in imported_modules(path):
+            top = module.split(".")[0]
+            if top == "parcelout":
+                assert module.startswith(ALLOWED_INTERNAL), f"{path.name} imports {module}"
+            else:
+                assert top in sys.stdlib_module_names, f"{path.name} imports the third-party {module}"
+                assert top not in FORBIDDEN_STDLIB, f"{path.name} imports {module}: I/O belongs in a backend"
+
+
+def test_the_scheduler_reads_no_clock_and_starts_no_thread() -> None:
+    modules = imported_modules(CORE / "_scheduler.py")
+    assert not modules & {"time", "threading", "queue"}
