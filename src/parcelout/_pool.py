@@ -105,6 +105,8 @@ class Pool(Executor):
         self._closed = False
         self._not_started: set[Future[Any]] = set()
         self._engine: Engine | None = None
+        self._inline_ready = False
+        self._inline_broken: BaseException | None = None
         if self._kind != "serial":
             scheduler = Scheduler(
                 self._size,
@@ -140,6 +142,12 @@ class Pool(Executor):
         with self._lock:
             self._check_open()
             if self._engine is None:
+                try:
+                    self._initialize_inline()
+                except InitializerFailed as broken:
+                    future.set_running_or_notify_cancel()
+                    future.set_exception(broken)
+                    return future
                 _run_inline(future, fn, args, kwargs)
                 return future
             self._not_started.add(future)
@@ -231,12 +239,35 @@ class Pool(Executor):
         check_callable(fn)
         with self._lock:
             self._check_open()
-        lane: Lane = InlineLane() if self._engine is None else EngineLane(self._engine, self._size, self._ids)
+        lane: Lane
+        if self._engine is None:
+            lane = InlineLane(self._initialize_inline)
+        else:
+            lane = EngineLane(self._engine, self._size, self._ids)
         return drive(lane, Call(fn), items, options, ordered)
 
     # ------------------------------------------------------------ internals
+    def _initialize_inline(self) -> None:
+        """The serial pool's one worker is the caller: run the initializer
+        there, once, before the first item."""
+        if self._inline_ready:
+            return
+        self._inline_ready = True
+        initializer = self._options.initializer
+        if initializer is None:
+            return
+        try:
+            initializer(*self._options.initargs)
+        except BaseException as error:
+            broken = InitializerFailed(
+                f"the initializer raised {type(error).__name__}: {error}; the pool takes no more work"
+            )
+            broken.__cause__ = error
+            self._inline_broken = broken
+            raise broken from error
+
     def _check_open(self) -> None:
-        broken = self._engine.broken if self._engine is not None else None
+        broken = self._engine.broken if self._engine is not None else self._inline_broken
         if broken is not None:
             raise InitializerFailed(str(broken)) from broken.__cause__
         if self._closed:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import queue
 from collections import deque
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, Protocol
 
 from parcelout._core._batcher import Batcher
@@ -26,7 +26,7 @@ from parcelout._failure import Failure, kind_of
 from parcelout._options import RunOptions
 from parcelout._progress import Progress
 from parcelout.backends._base import run_batch
-from parcelout.backends._process import _short
+from parcelout.errors import describe_item
 
 _groups = itertools.count(1)
 
@@ -67,10 +67,12 @@ class InlineLane:
 
     workers = 1
 
-    def __init__(self) -> None:
+    def __init__(self, prepare: Callable[[], None] = lambda: None) -> None:
         self._done: deque[BatchResult] = deque()
+        self._prepare = prepare
 
     def submit(self, call: Call, items: list[tuple[int, Any]]) -> None:
+        self._prepare()  # the pool's initializer, once: raises if it failed
         batch = Batch(0, call, items, self._done.append)
         payloads = [item for _, item in items]
         values, errors, elapsed = run_batch(call.fn, call.star, payloads, interruptible=True)
@@ -142,7 +144,7 @@ def drive(
                 if ok:
                     yield value
                 elif on_error == "raise":
-                    value.add_note(f"parcelout: raised by item {index} ({_short(item)})")
+                    value.add_note(f"parcelout: raised by item {index} ({describe_item(item)})")
                     raise value
                 elif on_error == "return":
                     yield Failure(index, item, value, kind_of(value))

@@ -78,3 +78,12 @@ class WorkerCrashed(BrokenProcessPool):
 
 class InitializerFailed(BrokenProcessPool, BrokenThreadPool):
     """A worker's ``initializer`` raised; the pool takes no more work."""
+
+
+def describe_item(obj: object, limit: int = 80) -> str:
+    """A short repr of an item for error notes; never raises."""
+    try:
+        text = repr(obj)
+    except Exception:
+        text = f"<{type(obj).__name__} object>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -34,7 +34,7 @@ import cloudpickle
 
 from parcelout._core._messages import Batch, BatchDone, Call, Event, InitFailed, WorkerExited
 from parcelout.backends import _child
-from parcelout.errors import RemoteTraceback
+from parcelout.errors import RemoteTraceback, describe_item
 
 Context = multiprocessing.context.BaseContext
 _PRELOAD = ["__main__", "parcelout.backends._child"]
@@ -284,7 +284,7 @@ def _pickle_items(batch: Batch) -> tuple[bytes, dict[int, BaseException]]:
             cloudpickle.dumps(item)
         except Exception as exc:
             exc.add_note(
-                f"parcelout: item {index} ({_short(item)}) could not be pickled to send it to a process worker"
+                f"parcelout: item {index} ({describe_item(item)}) could not be pickled to send it to a process worker"
             )
             errors[pos] = exc
             payloads[pos] = None
@@ -293,11 +293,3 @@ def _pickle_items(batch: Batch) -> tuple[bytes, dict[int, BaseException]]:
 
 def _plain_dumps(obj: object) -> bytes:
     return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _short(obj: object, limit: int = 80) -> str:
-    try:
-        text = repr(obj)
-    except Exception:
-        text = f"<{type(obj).__name__} object>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
