@@ -184,8 +184,10 @@ class Pool(Executor):
         args = zip(*iterables, strict=False)
         chunks = iter(lambda: list(itertools.islice(args, chunksize)), [])
         first = chunks if buffersize is None else itertools.islice(chunks, buffersize)
-        futures = deque(self.submit(_apply_chunk, fn, chunk) for chunk in first)
-        return _results(futures, end, chunks if buffersize else None, weakref.ref(self), fn)
+        starts = itertools.count(0, chunksize)
+        futures = deque((self.submit(_apply_chunk, fn, chunk), next(starts), len(chunk)) for chunk in first)
+        more = zip(chunks, starts) if buffersize else None
+        return _results(futures, end, more, weakref.ref(self), fn)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; with ``wait``, return once every worker is gone.
@@ -322,25 +324,36 @@ def _run_inline(future: Future[R], fn: Callable[..., R], args: tuple[Any, ...], 
 
 
 def _results(
-    futures: deque[Future[list[R]]],
+    futures: deque[tuple[Future[list[R]], int, int]],
     end: float | None,
-    more: Iterator[list[Any]] | None,
+    more: Iterator[tuple[list[Any], int]] | None,
     pool: weakref.ref[Pool],
     fn: Callable[..., R],
 ) -> Generator[R, None, None]:
-    """Executor.map's iterator: in order, with a deadline, refilling a buffer."""
+    """Executor.map's iterator: in order, with a deadline, refilling a buffer.
+
+    ``futures`` holds each chunk's future with the position of its first item
+    and its length, so an error can say which items it came from.
+    """
     try:
         while futures:
-            if more is not None and (owner := pool()) is not None and (chunk := next(more, None)):
-                futures.append(owner.submit(_apply_chunk, fn, chunk))
-            future = futures.popleft()
+            if more is not None and (owner := pool()) is not None and (next_chunk := next(more, None)):
+                chunk, start = next_chunk
+                futures.append((owner.submit(_apply_chunk, fn, chunk), start, len(chunk)))
+            future, start, size = futures.popleft()
             try:
                 chunk_results = future.result(None if end is None else end - time.monotonic())
+            except (TimeoutError, CancelledError):
+                raise
+            except BaseException as error:
+                where = f"item {start}" if size == 1 else f"one of the items {start} to {start + size - 1}"
+                error.add_note(f"parcelout: raised by Pool.map's {where}")
+                raise
             finally:
                 future.cancel()
             yield from chunk_results
     finally:
-        for future in futures:
+        for future, _, _ in futures:
             future.cancel()
 
 

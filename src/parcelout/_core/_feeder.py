@@ -29,6 +29,13 @@ class Feeder(Generic[T]):
         try:
             got.extend(itertools.islice(self._items, n))
         except Exception as exc:  # the input itself failed: keep what came before
+            position = self.taken + len(got)
+            exc.add_note(
+                f"parcelout: the input iterable raised this while producing item {position} "
+                f"(items 0 to {position - 1} were processed)"
+                if position
+                else "parcelout: the input iterable raised this before producing item 0"
+            )
             self.error = exc
             self.exhausted = True
         else:

@@ -10,9 +10,10 @@ the current item to finish, and it ends the process when the parent is gone
 ``slot = [batch_id, position]`` in shared memory before each item: if it dies,
 the parent knows which item killed it.
 
-Replies: ``("ready",)`` once started (after the initializer), then
-``("done", batch_id, values, {pos: (exception, traceback)}, seconds)`` per
-batch; or ``("init_failed", exception, traceback)``.
+Replies: ``("ready",)`` once started (after the initializer), then one
+``("done", ...)`` per batch (see ``_reply``); or ``("init_failed", failure)``.
+Items, results and exceptions are encoded by ``_wire``, so a value that
+cannot cross fails only its own item.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 
 import cloudpickle
 
+from parcelout.backends import _wire as wire
 from parcelout.backends._base import Slot, run_batch
 
 STOP = b"stop"
@@ -45,7 +47,8 @@ def main(conn: Connection, slot: Slot, init: bytes | None) -> None:
             initializer, initargs = cloudpickle.loads(init)
             initializer(*initargs)
         except BaseException as exc:
-            _send(conn, ("init_failed", *transportable(exc)))
+            failure, _ = wire.encode([transportable(exc)], lambda _: "")
+            _send(conn, ("init_failed", failure))
             return
     _send(conn, ("ready",))
     fns: dict[int, Callable[..., Any] | BaseException] = {}
@@ -72,15 +75,36 @@ def _run(
             fns.clear()
         fns[token] = _load_function(fn_bytes)
     fn = fns[token]
-    try:
-        payloads = pickle.loads(payload)
-    except Exception as exc:
-        exc.add_note("parcelout: the batch's items could not be unpickled in the worker process")
-        fn = exc
     if isinstance(fn, BaseException):
-        return ("done", batch_id, [None] * n, dict.fromkeys(range(n), transportable(fn)), 0.0)
-    values, errors, elapsed = run_batch(fn, star, payloads, slot)
-    return ("done", batch_id, values, {pos: transportable(e) for pos, e in errors.items()}, elapsed)
+        return _reply(batch_id, [None] * n, dict.fromkeys(range(n), fn), 0.0)
+    payloads, errors = wire.decode(
+        payload, lambda _: "parcelout: the item could not be unpickled in the worker process"
+    )
+    runnable = [pos for pos in range(n) if pos not in errors]
+    if len(runnable) == n:
+        values, errors, elapsed = run_batch(fn, star, payloads, slot)
+    else:  # run the items that arrived; the others keep their unpickling error
+        ran, ran_errors, elapsed = run_batch(fn, star, [payloads[pos] for pos in runnable], slot)
+        values = [None] * n
+        for pos, value in zip(runnable, ran, strict=True):
+            values[pos] = value
+        errors.update((runnable[pos], exc) for pos, exc in ran_errors.items())
+    return _reply(batch_id, values, errors, elapsed)
+
+
+def _reply(batch_id: int, values: list[Any], errors: dict[int, BaseException], elapsed: float) -> tuple[Any, ...]:
+    """``("done", batch_id, seconds, values, positions, exceptions)``: values and
+    exceptions encoded by ``_wire`` one by one, so one that cannot travel
+    fails only its own item."""
+    blob, unpicklable = wire.encode(
+        values, lambda _: "parcelout: the item's result could not be pickled to send it back from the worker"
+    )
+    for pos, exc in unpicklable.items():
+        values[pos] = None
+        errors[pos] = exc
+    positions = sorted(errors)
+    failures, _ = wire.encode([transportable(errors[pos]) for pos in positions], lambda _: "")
+    return ("done", batch_id, elapsed, blob, positions, failures)
 
 
 def _load_function(fn_bytes: bytes) -> Callable[..., Any] | BaseException:
@@ -111,28 +135,4 @@ def transportable(exc: BaseException) -> tuple[BaseException, str]:
 
 
 def _send(conn: Connection, reply: tuple[Any, ...]) -> None:
-    try:
-        data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        data = _dumps_sparing_results(reply)
-    conn.send_bytes(data)
-
-
-def _dumps_sparing_results(reply: tuple[Any, ...]) -> bytes:
-    """Pickle a reply whose values did not all pickle: fail only the bad ones."""
-    try:
-        return bytes(cloudpickle.dumps(reply))
-    except Exception:
-        pass
-    kind, batch_id, values, errors, elapsed = reply
-    values = list(values)
-    for pos, value in enumerate(values):
-        if pos in errors:
-            continue
-        try:
-            cloudpickle.dumps(value)
-        except Exception as exc:
-            exc.add_note("parcelout: the item's result could not be pickled to send it back from the worker")
-            errors[pos] = transportable(exc)
-            values[pos] = None
-    return bytes(cloudpickle.dumps((kind, batch_id, values, errors, elapsed)))
+    conn.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))

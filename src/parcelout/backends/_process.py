@@ -34,7 +34,8 @@ import cloudpickle
 
 from parcelout._core._messages import Batch, BatchDone, Call, Event, InitFailed, WorkerExited
 from parcelout.backends import _child
-from parcelout.errors import RemoteTraceback, describe_item
+from parcelout.backends import _wire as wire
+from parcelout.errors import RemoteError, RemoteTraceback, describe_item
 
 Context = multiprocessing.context.BaseContext
 _PRELOAD = ["__main__", "parcelout.backends._child"]
@@ -61,7 +62,6 @@ class _Worker:
     conn: Connection
     slot: Any
     known: set[int] = field(default_factory=set)
-    sizes: dict[int, int] = field(default_factory=dict)
     send_errors: dict[int, dict[int, BaseException]] = field(default_factory=dict)
     eof: bool = False
     ready: bool = False
@@ -117,8 +117,7 @@ class ProcessBackend:
             self._report(BatchDone(worker, batch.id, [None] * n, dict.fromkeys(range(n), fn_bytes), 0.0))
             return
         header = (batch.id, call.token, None if call.token in proc.known else fn_bytes, call.star, n)
-        payload, errors = _pickle_items(batch)
-        proc.sizes[batch.id] = n
+        payload, errors = _encode_items(batch)
         if errors:
             proc.send_errors[batch.id] = errors
         try:
@@ -195,28 +194,37 @@ class ProcessBackend:
         self._report(WorkerExited(proc.id, proc.process.exitcode, proc.slot[0], proc.slot[1], proc.ready))
 
     def _handle(self, proc: _Worker, data: bytes) -> None:
-        try:
-            reply = pickle.loads(data)
-        except Exception as exc:
-            exc.add_note("parcelout: a worker's results could not be unpickled in the parent")
-            if not proc.sizes:
-                return
-            batch_id = next(iter(proc.sizes))  # a worker answers its batches in order
-            n = proc.sizes.pop(batch_id)
-            proc.send_errors.pop(batch_id, None)
-            self._report(BatchDone(proc.id, batch_id, [None] * n, dict.fromkeys(range(n), exc), 0.0))
-            return
+        reply = pickle.loads(data)  # plain types only: the values inside are encoded apart
         if reply[0] == "ready":
             proc.ready = True
             return
         if reply[0] == "init_failed":
-            self._report(InitFailed(proc.id, _with_traceback(reply[1], reply[2])))
+            self._report(InitFailed(proc.id, _failures(reply[1], [0])[0]))
             return
-        _, batch_id, values, sent_errors, elapsed = reply
-        proc.sizes.pop(batch_id, None)
-        errors = {pos: _with_traceback(exc, tb) for pos, (exc, tb) in sent_errors.items()}
+        _, batch_id, elapsed, blob, positions, failures = reply
+        values, errors = wire.decode(
+            blob, lambda _: "parcelout: the item's result could not be unpickled in the parent process"
+        )
+        errors.update(_failures(failures, positions))
         errors.update(proc.send_errors.pop(batch_id, {}))
         self._report(BatchDone(proc.id, batch_id, values, errors, elapsed))
+
+
+def _failures(blob: bytes, positions: list[int]) -> dict[int, BaseException]:
+    """The exceptions a worker sent, by position, each with its traceback."""
+    note = "parcelout: the item's exception could not be unpickled in the parent process"
+    pairs, broken = wire.decode(blob, lambda _: note)
+    errors: dict[int, BaseException] = {}
+    for at, (pos, pair) in enumerate(zip(positions, pairs, strict=True)):
+        if at in broken:
+            errors[pos] = broken[at]
+        elif pair is None:
+            errors[pos] = RemoteError("unknown", "the worker could not send this item's exception", "pickling failed")
+        else:
+            exc, tb = pair
+            exc.__cause__ = RemoteTraceback(tb)
+            errors[pos] = exc
+    return errors
 
 
 @contextlib.contextmanager
@@ -245,11 +253,6 @@ def _main_without_a_missing_file() -> Iterator[None]:
 _main_lock = threading.Lock()
 
 
-def _with_traceback(exc: BaseException, tb: str) -> BaseException:
-    exc.__cause__ = RemoteTraceback(tb)
-    return exc
-
-
 def _pickle_initializer(initializer: Callable[..., object], initargs: tuple[Any, ...]) -> bytes:
     try:
         return bytes(cloudpickle.dumps((initializer, initargs)))
@@ -269,27 +272,17 @@ def _function_bytes(call: Call) -> bytes | BaseException:
     return call.payload
 
 
-def _pickle_items(batch: Batch) -> tuple[bytes, dict[int, BaseException]]:
-    """The batch's items pickled as one list; items that cannot be pickled are
-    sent as None and come back as their pickling error."""
-    payloads = [item for _, item in batch.items]
-    for dumps in (_plain_dumps, cloudpickle.dumps):
-        try:
-            return bytes(dumps(payloads)), {}
-        except Exception:
-            pass
-    errors: dict[int, BaseException] = {}
-    for pos, (index, item) in enumerate(batch.items):
-        try:
-            cloudpickle.dumps(item)
-        except Exception as exc:
-            exc.add_note(
-                f"parcelout: item {index} ({describe_item(item)}) could not be pickled to send it to a process worker"
-            )
-            errors[pos] = exc
-            payloads[pos] = None
-    return bytes(cloudpickle.dumps(payloads)), errors
+def _encode_items(batch: Batch) -> tuple[bytes, dict[int, BaseException]]:
+    """The batch's items as one message; those that cannot be pickled are
+    left out and come back as their pickling error."""
+    items = batch.items
 
+    def note(pos: int) -> str:
+        index, item = items[pos]
+        if batch.call.star:  # a submitted call: its arguments
+            args, kwargs = item
+            what = f"the arguments {describe_item(args)}" + (f" and {describe_item(kwargs)}" if kwargs else "")
+            return f"parcelout: {what} could not be pickled to send them to a process worker"
+        return f"parcelout: item {index} ({describe_item(item)}) could not be pickled to send it to a process worker"
 
-def _plain_dumps(obj: object) -> bytes:
-    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return wire.encode([item for _, item in items], note)
