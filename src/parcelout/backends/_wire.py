@@ -34,11 +34,19 @@ def _plain(value: object) -> bool:
 
 
 def dumps(value: object) -> bytes:
-    """Plain pickle where it can, cloudpickle (by value) where it cannot."""
+    """Plain pickle where it can, cloudpickle (by value) where it cannot.
+
+    Plain pickle refers to functions and classes by module and name; one that
+    names ``__main__`` may not load on the other side (a script read from
+    standard input, a notebook, ``python -c``), so such values go by value.
+    """
     try:
-        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        blob = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
         return bytes(cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    if b"__main__" in blob:
+        return bytes(cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    return blob
 
 
 def encode(values: Sequence[Any], note: Callable[[int], str]) -> tuple[bytes, dict[int, BaseException]]:
