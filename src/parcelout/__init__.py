@@ -7,7 +7,7 @@ no worker outlives its pool.
 from parcelout._api import imap, imap_unordered, map
 from parcelout._failure import Failure
 from parcelout._pool import Pool
-from parcelout.errors import InitializerFailed, RemoteError, RemoteTraceback, WorkerCrashed
+from parcelout.errors import InitializerFailed, RemoteError, RemoteTraceback, TaskTimeout, WorkerCrashed
 
 __all__ = [
     "Failure",
@@ -15,6 +15,7 @@ __all__ = [
     "Pool",
     "RemoteError",
     "RemoteTraceback",
+    "TaskTimeout",
     "WorkerCrashed",
     "imap",
     "imap_unordered",

@@ -12,8 +12,9 @@ from collections.abc import Callable, Generator, Iterable
 from typing import Any, Literal, TypeVar, overload
 
 from parcelout._core._engine import BackendFactory
+from parcelout._core._messages import DEFAULT_POLICY
 from parcelout._failure import Failure
-from parcelout._options import OnError, PoolOptions, ProgressSpec, RunOptions
+from parcelout._options import RUN_OPTION_NAMES, OnError, PoolOptions, ProgressSpec, RetryOn, RunOptions, make_policy
 from parcelout._pool import Pool, check_callable
 
 T = TypeVar("T")
@@ -66,6 +67,11 @@ def imap(
     progress: ProgressSpec = False,
     start_method: str | None = None,
     max_tasks_per_worker: int | None = None,
+    timeout: float | None = None,
+    retries: int = 0,
+    retry_on: RetryOn | None = None,
+    backoff: float = 0.0,
+    max_crashes: int = DEFAULT_POLICY.max_crashes,
 ) -> Generator[Any, None, None]:
     """Apply ``fn`` to each item on a pool of workers; yield results in input order.
 
@@ -90,6 +96,16 @@ def imap(
             length.
         start_method: for process workers (default forkserver).
         max_tasks_per_worker: replace a worker after this many items.
+        timeout: seconds one item may run; past it, its process worker is
+            stopped (its thread abandoned) and it fails with ``TaskTimeout``.
+        retries: run a failed item (error, crash or timeout) up to this many
+            more times, on another worker when there is one.
+        retry_on: which failures to retry: exception types (a crash is a
+            ``WorkerCrashed``, a timeout a ``TaskTimeout``) or a predicate
+            of the exception (default: every ``Exception``).
+        backoff: wait ``backoff * 2 ** (n - 1)`` seconds before the n-th retry.
+        max_crashes: an item under which this many workers died fails for
+            good (a poison item), whatever ``retries`` says.
 
     Raises:
         TypeError: ``fn`` is not callable, or an option has the wrong type.
@@ -108,7 +124,11 @@ def imap(
         start_method=start_method,
         max_tasks_per_worker=max_tasks_per_worker,
     )
-    return _owned(pool_options, fn, items, RunOptions(chunksize, window, on_error, progress), ordered=True)
+    policy = make_policy(timeout, retries, retry_on, backoff, max_crashes)
+    if timeout is not None and pool_options.kind == "serial":
+        raise ValueError("timeout needs thread or process workers: the serial backend cannot stop an item")
+    run = RunOptions(chunksize, window, on_error, progress, policy)
+    return _owned(pool_options, fn, items, run, ordered=True)
 
 
 @overload
@@ -132,8 +152,12 @@ def imap_unordered(
 ) -> Generator[Any, None, None]:
     """As ``imap``, with results in the order they complete. Same options."""
     check_callable(fn)
-    run = {k: options.pop(k) for k in ("chunksize", "window", "progress") if k in options}
-    return _owned(PoolOptions(**options), fn, items, RunOptions(on_error=on_error, **run), ordered=False)
+    pool_options = PoolOptions(**{k: v for k, v in options.items() if k not in RUN_OPTION_NAMES})
+    run = {k: options[k] for k in ("chunksize", "window", "progress") if k in options}
+    policy = make_policy(**{k: options[k] for k in RUN_OPTION_NAMES[3:] if k in options})
+    if policy.timeout is not None and pool_options.kind == "serial":
+        raise ValueError("timeout needs thread or process workers: the serial backend cannot stop an item")
+    return _owned(pool_options, fn, items, RunOptions(on_error=on_error, policy=policy, **run), ordered=False)
 
 
 @overload

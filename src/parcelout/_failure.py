@@ -6,7 +6,7 @@ import traceback as _traceback
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
-from parcelout.errors import RemoteTraceback, WorkerCrashed
+from parcelout.errors import RemoteTraceback, TaskTimeout, WorkerCrashed
 
 T = TypeVar("T")
 Kind = Literal["error", "timeout", "crash"]
@@ -22,8 +22,10 @@ class Failure(Generic[T]):
         error: the exception. From a process worker its ``__cause__`` is a
             ``RemoteTraceback`` holding the worker's traceback.
         kind: ``"error"`` (the function raised), ``"crash"`` (the worker died:
-            ``WorkerCrashed``) or ``"timeout"``.
-        attempts: how many times the item was run.
+            ``WorkerCrashed``) or ``"timeout"`` (it ran past its timeout:
+            ``TaskTimeout``).
+        attempts: how many times the item was run (more than 1 with
+            ``retries``).
     """
 
     index: int
@@ -44,4 +46,6 @@ class Failure(Generic[T]):
 def kind_of(error: BaseException) -> Kind:
     if isinstance(error, WorkerCrashed):
         return "crash"
+    if isinstance(error, TaskTimeout):
+        return "timeout"
     return "error"

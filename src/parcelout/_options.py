@@ -3,15 +3,29 @@ at the call, so a bad option fails before any worker starts."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from parcelout._core._messages import DEFAULT_POLICY, Policy
+
 OnError = Literal["raise", "return", "skip"]
 BACKEND_NAMES = ("auto", "serial", "thread", "process")
 START_METHODS = ("fork", "forkserver", "spawn")
 ProgressSpec = bool | Callable[[int, int | None], object]
+RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], object]
+RUN_OPTION_NAMES = (
+    "chunksize",
+    "window",
+    "progress",
+    "timeout",
+    "retries",
+    "retry_on",
+    "backoff",
+    "max_crashes",
+)
 
 
 def usable_cpus() -> int:
@@ -33,14 +47,54 @@ def positive_int(value: object, name: str, *, message: str | None = None) -> int
     return value
 
 
+def make_policy(
+    timeout: float | None = None,
+    retries: int = 0,
+    retry_on: RetryOn | None = None,
+    backoff: float = 0.0,
+    max_crashes: int = DEFAULT_POLICY.max_crashes,
+) -> Policy:
+    """The failure policy these options describe, checked."""
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+        if not timeout > 0 or math.isinf(timeout):
+            raise ValueError(f"timeout must be a positive, finite number of seconds, not {timeout!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int):
+        raise TypeError(f"retries must be an int, not {type(retries).__name__}")
+    if retries < 0:
+        raise ValueError(f"retries must be 0 or more, not {retries}")
+    if isinstance(backoff, bool) or not isinstance(backoff, int | float) or not 0 <= backoff < math.inf:
+        raise ValueError(f"backoff must be a non-negative number of seconds, not {backoff!r}")
+    positive_int(max_crashes, "max_crashes")
+    return Policy(timeout, retries, _retry_predicate(retry_on), float(backoff), max_crashes)
+
+
+def _retry_predicate(retry_on: RetryOn | None) -> Callable[[BaseException], bool]:
+    """``retry_on`` as a predicate: exception types match by ``isinstance``;
+    None retries every failure."""
+    if retry_on is None:
+        return DEFAULT_POLICY.retry_on
+    candidates = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    types = tuple(t for t in candidates if isinstance(t, type) and issubclass(t, BaseException))
+    if len(types) == len(candidates):
+        return lambda error: isinstance(error, types)
+    if callable(retry_on) and not isinstance(retry_on, tuple):
+        predicate = retry_on
+        return lambda error: bool(predicate(error))
+    raise TypeError(f"retry_on must be an exception type, a tuple of them, or a predicate, not {retry_on!r}")
+
+
 @dataclass(frozen=True)
 class RunOptions:
-    """How one map runs: batching, the in-flight window, errors, progress."""
+    """How one map runs: batching, the in-flight window, errors, progress, and
+    what happens to an item that fails or runs too long (``policy``)."""
 
     chunksize: int | None = None
     window: int | None = None
     on_error: OnError = "raise"
     progress: ProgressSpec = False
+    policy: Policy = DEFAULT_POLICY
 
     def __post_init__(self) -> None:
         if self.chunksize is not None:

@@ -19,6 +19,7 @@ import atexit
 import functools
 import itertools
 import multiprocessing.util  # noqa: F401  (registers its exit hook before ours, so ours runs first)
+import sys
 import threading
 import time
 import weakref
@@ -28,17 +29,20 @@ from concurrent.futures import CancelledError, Executor, Future, InvalidStateErr
 from typing import Any, TypeVar
 
 from parcelout._core._engine import BackendFactory, Engine
-from parcelout._core._messages import Batch, BatchResult, Call, Shutdown, Submitted
+from parcelout._core._messages import DEFAULT_POLICY, Batch, BatchResult, Call, Policy, Shutdown, Submitted
 from parcelout._core._scheduler import Scheduler
-from parcelout._options import PoolOptions, RunOptions, positive_int
+from parcelout._options import PoolOptions, RetryOn, RunOptions, make_policy, positive_int
 from parcelout._stream import EngineLane, InlineLane, Lane, drive
-from parcelout.backends._base import run_batch
 from parcelout.errors import InitializerFailed
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 _live: weakref.WeakSet[Pool] = weakref.WeakSet()
+_SERIAL_TIMEOUT = (
+    "timeout needs thread or process workers: the serial backend runs each item in the calling thread, "
+    "which cannot be stopped"
+)
 
 # How many batches a worker may hold: a process worker gets the next batch
 # while it runs one, hiding the pipe's round trip; a thread needs no head start.
@@ -60,6 +64,15 @@ class Pool(Executor):
         max_tasks_per_worker: replace a worker after it has run this many items
             (``max_tasks_per_child`` is the standard library's name).
         thread_name_prefix: names the worker threads.
+        timeout: seconds an item (a submitted call, or one item of a map) may
+            run; past it, its process worker is stopped, or its thread
+            abandoned, and it fails with ``TaskTimeout``. Not with serial.
+        retries: run a failed item (error, crash or timeout) up to this many
+            more times; ``retry_on`` (exception types or a predicate) narrows
+            which failures, ``backoff`` waits ``backoff * 2 ** (n - 1)``
+            seconds before the n-th retry.
+        max_crashes: an item under which this many workers died fails for
+            good, whatever ``retries`` says.
 
     Raises:
         ValueError: ``workers`` is not greater than 0, or an unknown backend or
@@ -81,6 +94,11 @@ class Pool(Executor):
         max_tasks_per_worker: int | None = None,
         max_tasks_per_child: int | None = None,
         thread_name_prefix: str = "",
+        timeout: float | None = None,
+        retries: int = 0,
+        retry_on: RetryOn | None = None,
+        backoff: float = 0.0,
+        max_crashes: int = DEFAULT_POLICY.max_crashes,
     ) -> None:
         if workers is not None and max_workers is not None:
             raise TypeError("give workers or max_workers, not both")
@@ -97,6 +115,16 @@ class Pool(Executor):
             thread_name_prefix=thread_name_prefix,
             workers_name="workers" if max_workers is None else "max_workers",
         )
+        self._policy_args: dict[str, Any] = {
+            "timeout": timeout,
+            "retries": retries,
+            "retry_on": retry_on,
+            "backoff": backoff,
+            "max_crashes": max_crashes,
+        }
+        self._policy = make_policy(**self._policy_args)
+        if options.kind == "serial" and timeout is not None:
+            raise ValueError(_SERIAL_TIMEOUT)
         self._options = options
         self._kind = options.kind
         self._size = options.size
@@ -113,6 +141,7 @@ class Pool(Executor):
                 self._ids.__next__,
                 depth=_DEPTH[self._kind],
                 max_items_per_worker=options.max_tasks_per_worker,
+                clock=time.monotonic,
             )
             self._engine = Engine(scheduler, _backend_factory(options), name="parcelout-dispatcher")
             finalizer = weakref.finalize(self, self._engine.post, Shutdown())
@@ -148,7 +177,7 @@ class Pool(Executor):
                     future.set_running_or_notify_cancel()
                     future.set_exception(broken)
                     return future
-                _run_inline(future, fn, args, kwargs)
+                _run_inline(future, fn, args, kwargs, self._policy)
                 return future
             self._not_started.add(future)
             batch = Batch(
@@ -157,6 +186,7 @@ class Pool(Executor):
                 [(0, (args, kwargs))],
                 functools.partial(self._settle, future),
                 try_start=functools.partial(self._start, future),
+                policy=self._policy,
             )
             self._engine.post(Submitted(batch))
         return future
@@ -206,6 +236,15 @@ class Pool(Executor):
             if wait:
                 self._engine.join()
 
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        """As the standard executors: wait for the work submitted. But on
+        Ctrl-C stop now: drop what waits, kill the process workers running
+        items, and do not wait for thread workers that cannot be stopped."""
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self._terminate(wait=True)
+        else:
+            self.shutdown(wait=True)
+
     # ------------------------------------------------------------ lazy maps
     def imap(
         self,
@@ -216,9 +255,14 @@ class Pool(Executor):
         window: int | None = None,
         on_error: str = "raise",
         progress: Any = False,
+        **policy: Any,
     ) -> Generator[Any, None, None]:
-        """Results of ``fn`` over ``items`` in input order, lazily (see ``parcelout.imap``)."""
-        options = RunOptions(chunksize, window, on_error, progress)  # type: ignore[arg-type]
+        """Results of ``fn`` over ``items`` in input order, lazily (see ``parcelout.imap``).
+
+        ``timeout``, ``retries``, ``retry_on``, ``backoff`` and ``max_crashes``
+        default to the pool's.
+        """
+        options = RunOptions(chunksize, window, on_error, progress, self._policy_for(policy))  # type: ignore[arg-type]
         return self._stream(fn, items, options, ordered=True)
 
     def imap_unordered(
@@ -230,10 +274,19 @@ class Pool(Executor):
         window: int | None = None,
         on_error: str = "raise",
         progress: Any = False,
+        **policy: Any,
     ) -> Generator[Any, None, None]:
         """As ``imap``, in the order the results complete."""
-        options = RunOptions(chunksize, window, on_error, progress)  # type: ignore[arg-type]
+        options = RunOptions(chunksize, window, on_error, progress, self._policy_for(policy))  # type: ignore[arg-type]
         return self._stream(fn, items, options, ordered=False)
+
+    def _policy_for(self, overrides: dict[str, Any]) -> Policy:
+        unknown = set(overrides) - set(self._policy_args)
+        if unknown:
+            raise TypeError(f"unexpected keyword argument {sorted(unknown)[0]!r}")
+        if not overrides:
+            return self._policy
+        return make_policy(**{**self._policy_args, **overrides})
 
     def _stream(
         self, fn: Callable[..., Any], items: Iterable[Any], options: RunOptions, ordered: bool
@@ -243,6 +296,8 @@ class Pool(Executor):
             self._check_open()
         lane: Lane
         if self._engine is None:
+            if options.policy.timeout is not None:
+                raise ValueError(_SERIAL_TIMEOUT)
             lane = InlineLane(self._initialize_inline)
         else:
             lane = EngineLane(self._engine, self._size, self._ids)
@@ -314,13 +369,19 @@ def _apply_chunk(fn: Callable[..., R], chunk: list[tuple[Any, ...]]) -> list[R]:
     return [fn(*args) for args in chunk]
 
 
-def _run_inline(future: Future[R], fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    future.set_running_or_notify_cancel()
-    values, errors, _ = run_batch(fn, True, [(args, kwargs)], interruptible=True)
-    if errors:
-        future.set_exception(errors[0])
+def _run_inline(
+    future: Future[R], fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any], policy: Policy
+) -> None:
+    """The serial pool's submit: run the call now, in the caller's thread."""
+    if not future.set_running_or_notify_cancel():
+        return
+    lane = InlineLane()
+    lane.submit(Call(fn, star=True), [(0, (args, kwargs))], policy)
+    result = lane.next_result()
+    if result.errors:
+        future.set_exception(result.errors[0])
     else:
-        future.set_result(values[0])
+        future.set_result(result.values[0])
 
 
 def _results(
@@ -378,6 +439,11 @@ def _backend_factory(options: PoolOptions) -> BackendFactory:
 
 @atexit.register
 def _shutdown_at_exit() -> None:
-    """As the standard executors: interpreter exit waits for submitted work."""
+    """As the standard executors: interpreter exit waits for submitted work,
+    unless the program is ending on Ctrl-C: then it stops the work now."""
+    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
     for pool in list(_live):
-        pool.shutdown(wait=True)
+        if interrupted:
+            pool._terminate(wait=True)
+        else:
+            pool.shutdown(wait=True)

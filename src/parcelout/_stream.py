@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import queue
+import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, Protocol
@@ -21,7 +22,8 @@ from parcelout._core._batcher import Batcher
 from parcelout._core._collector import Collector
 from parcelout._core._engine import Engine
 from parcelout._core._feeder import Feeder
-from parcelout._core._messages import Batch, BatchResult, Call, CancelGroup, Submitted
+from parcelout._core._messages import Batch, BatchResult, Call, CancelGroup, Policy, Submitted
+from parcelout._core._scheduler import retry_wanted
 from parcelout._failure import Failure, kind_of
 from parcelout._options import RunOptions
 from parcelout._progress import Progress
@@ -36,7 +38,7 @@ class Lane(Protocol):
 
     workers: int
 
-    def submit(self, call: Call, items: list[tuple[int, Any]]) -> None: ...
+    def submit(self, call: Call, items: list[tuple[int, Any]], policy: Policy) -> None: ...
 
     def next_result(self) -> BatchResult: ...
 
@@ -51,8 +53,8 @@ class EngineLane:
         self._group = next(_groups)
         self._results: queue.SimpleQueue[BatchResult] = queue.SimpleQueue()
 
-    def submit(self, call: Call, items: list[tuple[int, Any]]) -> None:
-        batch = Batch(next(self._ids), call, items, self._results.put, self._group, queueable=True)
+    def submit(self, call: Call, items: list[tuple[int, Any]], policy: Policy) -> None:
+        batch = Batch(next(self._ids), call, items, self._results.put, self._group, queueable=True, policy=policy)
         self._engine.post(Submitted(batch))
 
     def next_result(self) -> BatchResult:
@@ -63,7 +65,11 @@ class EngineLane:
 
 
 class InlineLane:
-    """The serial backend: each batch runs in the caller's thread when submitted."""
+    """The serial backend: each batch runs in the caller's thread when submitted.
+
+    A failed item that its policy retries runs again at once (after its
+    back-off); a timeout cannot be enforced in the caller's own thread.
+    """
 
     workers = 1
 
@@ -71,12 +77,27 @@ class InlineLane:
         self._done: deque[BatchResult] = deque()
         self._prepare = prepare
 
-    def submit(self, call: Call, items: list[tuple[int, Any]]) -> None:
+    def submit(self, call: Call, items: list[tuple[int, Any]], policy: Policy) -> None:
         self._prepare()  # the pool's initializer, once: raises if it failed
         batch = Batch(0, call, items, self._done.append)
         payloads = [item for _, item in items]
         values, errors, elapsed = run_batch(call.fn, call.star, payloads, interruptible=True)
-        self._done.append(BatchResult(batch, values, errors, elapsed))
+        attempts: dict[int, int] = {}
+        for pos in sorted(errors):
+            attempt = 1
+            while attempt <= policy.retries and retry_wanted(policy, errors[pos]):
+                if policy.backoff:
+                    # The back-off is the point here: a delay, not a wait for an event.
+                    time.sleep(policy.backoff * 2 ** (attempt - 1))  # noqa: TID251
+                attempt += 1
+                again, again_errors, _ = run_batch(call.fn, call.star, [payloads[pos]], interruptible=True)
+                if not again_errors:
+                    values[pos] = again[0]
+                    del errors[pos]
+                    break
+                errors[pos] = again_errors[0]
+            attempts[pos] = attempt
+        self._done.append(BatchResult(batch, values, errors, elapsed, attempts))
 
     def next_result(self) -> BatchResult:
         return self._done.popleft()
@@ -131,7 +152,7 @@ def drive(
             while window - in_flight >= want and not feeder.exhausted:
                 chunk = feeder.take(want)
                 if chunk:
-                    lane.submit(call, chunk)
+                    lane.submit(call, chunk, options.policy)
                     in_flight += len(chunk)
             if in_flight == 0:
                 break
@@ -139,7 +160,7 @@ def drive(
             if result.elapsed > 0:
                 batcher.observe(len(result.values), result.elapsed)
             progress.advance(len(result.batch.items))
-            for index, item, ok, value in collector.add(result):
+            for index, item, ok, value, attempts in collector.add(result):
                 in_flight -= 1
                 if ok:
                     yield value
@@ -147,7 +168,7 @@ def drive(
                     value.add_note(f"parcelout: raised by item {index} ({describe_item(item)})")
                     raise value
                 elif on_error == "return":
-                    yield Failure(index, item, value, kind_of(value))
+                    yield Failure(index, item, value, kind_of(value), attempts)
         if feeder.error is not None:
             raise feeder.error
     finally:

@@ -4,6 +4,8 @@ user already catches.
 * ``WorkerCrashed`` is a ``concurrent.futures.process.BrokenProcessPool``, so a
   handler written for ``ProcessPoolExecutor`` still catches it, yet a parcelout
   pool is not broken by it: only the item that was running fails.
+* ``TaskTimeout`` is a ``TimeoutError`` (which ``concurrent.futures.TimeoutError``
+  is): an item ran past its ``timeout``.
 * ``InitializerFailed`` is both a ``BrokenProcessPool`` and a
   ``BrokenThreadPool``: after it the pool takes no more work, as the standard
   executors do.
@@ -22,6 +24,7 @@ __all__ = [
     "InitializerFailed",
     "RemoteError",
     "RemoteTraceback",
+    "TaskTimeout",
     "WorkerCrashed",
 ]
 
@@ -74,6 +77,22 @@ class WorkerCrashed(BrokenProcessPool):
 
     def __reduce__(self) -> tuple[type[WorkerCrashed], tuple[str, int | None]]:
         return (type(self), (str(self), self.exitcode))
+
+
+class TaskTimeout(TimeoutError):
+    """The item ran longer than its ``timeout``; its process worker was killed
+    (a thread worker cannot be: it is abandoned and runs on).
+
+    Attributes:
+        timeout: the limit, in seconds.
+    """
+
+    def __init__(self, message: str, timeout: float | None = None) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
+    def __reduce__(self) -> tuple[type[TaskTimeout], tuple[str, float | None]]:
+        return (type(self), (str(self), self.timeout))
 
 
 class InitializerFailed(BrokenProcessPool, BrokenThreadPool):

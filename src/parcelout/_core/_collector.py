@@ -14,8 +14,8 @@ from typing import Any
 
 from parcelout._core._messages import BatchResult
 
-Outcome = tuple[int, Any, bool, Any]
-"""(index, item, ok, value or exception)"""
+Outcome = tuple[int, Any, bool, Any, int]
+"""(index, item, ok, value or exception, attempts)"""
 
 
 class Collector:
@@ -45,13 +45,14 @@ class Collector:
 
 
 def _outcomes(result: BatchResult) -> Iterator[Outcome]:
-    errors, values = result.errors, result.values
+    errors, values, attempt = result.errors, result.values, result.batch.attempt
     if not errors:
         for (index, item), value in zip(result.batch.items, values, strict=False):
-            yield index, item, True, value
+            yield index, item, True, value, attempt
         return
+    attempts = result.attempts
     for pos, (index, item) in enumerate(result.batch.items):
         if pos in errors:
-            yield index, item, False, errors[pos]
+            yield index, item, False, errors[pos], attempts.get(pos, attempt)
         else:
-            yield index, item, True, values[pos]
+            yield index, item, True, values[pos], attempt

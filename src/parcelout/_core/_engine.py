@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 from parcelout._core._messages import (
@@ -22,6 +23,7 @@ from parcelout._core._messages import (
     Send,
     StartWorker,
     StopWorker,
+    Tick,
 )
 from parcelout._core._scheduler import Scheduler
 
@@ -32,10 +34,18 @@ class Engine:
     """Runs ``scheduler`` on a daemon thread named ``name``.
 
     ``make_backend`` is called with the function the backend reports events
-    through.
+    through. ``clock`` must be the scheduler's clock: the engine sends it a
+    ``Tick`` when its ``next_deadline`` comes.
     """
 
-    def __init__(self, scheduler: Scheduler, make_backend: BackendFactory, name: str) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        make_backend: BackendFactory,
+        name: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
         self._inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._scheduler = scheduler
         self._backend = make_backend(self._inbox.put)
@@ -64,13 +74,23 @@ class Engine:
         try:
             self._carry_out(self._scheduler.start())
             while not self._scheduler.finished:
-                self._carry_out(self._scheduler.handle(self._inbox.get()))
+                self._carry_out(self._scheduler.handle(self._next_event()))
         except BaseException as exc:  # a bug here must not leave callers waiting
             self._fail_everything(exc)
             raise
         finally:
             self._backend.close()
             self._done.set()
+
+    def _next_event(self) -> Event:
+        """The next event posted, or a ``Tick`` once the scheduler's deadline comes."""
+        deadline = self._scheduler.next_deadline
+        if deadline is None:
+            return self._inbox.get()
+        try:
+            return self._inbox.get(timeout=max(0.0, deadline - self._clock()))
+        except queue.Empty:
+            return Tick()
 
     def _carry_out(self, instructions: list[Instruction]) -> None:
         backend = self._backend
@@ -84,8 +104,8 @@ class Engine:
                     backend.start_worker(worker)
                 case StopWorker(worker):
                     backend.stop_worker(worker)
-                case KillWorker(worker):
-                    backend.kill_worker(worker)
+                case KillWorker(worker, grace):
+                    backend.kill_worker(worker, grace)
 
     def _fail_everything(self, exc: BaseException) -> None:
         error = RuntimeError(f"parcelout's dispatcher thread failed: {exc!r}")

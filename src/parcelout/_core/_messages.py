@@ -38,6 +38,32 @@ class Call:
     payload: bytes | BaseException | None = None
 
 
+def _retry_any(error: BaseException) -> bool:
+    """Every failure but an exit request (``SystemExit``, ``KeyboardInterrupt``)."""
+    return isinstance(error, Exception)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What happens to an item that fails or runs too long.
+
+    ``timeout``: seconds an item may run before its worker is stopped and the
+    item fails with ``TaskTimeout`` (None: no limit). ``retries``: how many
+    more times a failed item runs, when ``retry_on(error)`` is true, after
+    ``backoff * 2 ** (attempt - 1)`` seconds. ``max_crashes``: an item under
+    which this many workers died fails for good, whatever ``retries`` says.
+    """
+
+    timeout: float | None = None
+    retries: int = 0
+    retry_on: Callable[[BaseException], bool] = _retry_any
+    backoff: float = 0.0
+    max_crashes: int = 3
+
+
+DEFAULT_POLICY = Policy()
+
+
 @dataclass(eq=False)
 class Batch:
     """Items to run on one worker, and where their outcomes go.
@@ -45,7 +71,10 @@ class Batch:
     ``sink`` receives the finished ``BatchResult``; ``try_start`` is asked once,
     just before the batch is sent, and a False answer drops it (a cancelled
     future); ``group`` lets one stream cancel all of its pending batches.
-    ``cancelled`` is read by in-process workers between items. A ``queueable``
+    ``cancelled`` is read by in-process workers between items. ``attempt``
+    counts the runs of its items (a retry batch holds one item), ``crashes``
+    the workers that died under them; ``avoid`` names the worker a retry
+    should not go back to when another can take it. A ``queueable``
     batch may wait at a busy worker behind the one it runs (stream batches,
     sized to take a few milliseconds, so the round trip is hidden); any other
     batch waits in the pool's queue for an idle worker, so a quick task is
@@ -60,6 +89,10 @@ class Batch:
     try_start: Callable[[], bool] | None = None
     cancelled: bool = False
     queueable: bool = False
+    policy: Policy = DEFAULT_POLICY
+    attempt: int = 1
+    crashes: int = 0
+    avoid: int = -1
 
     def split(self, n: int, new_id: int) -> tuple[Batch, Batch]:
         """The first ``n`` items keep this batch's id; the rest get ``new_id``."""
@@ -75,12 +108,15 @@ class BatchResult:
     ``values[i]`` is the result of ``batch.items[i]`` unless ``i`` is a key of
     ``errors``, which maps positions to the exception that item raised.
     ``elapsed`` is the worker's time for the whole batch, in seconds.
+    ``attempts`` maps positions whose run count differs from
+    ``batch.attempt`` to theirs (items retried in place, inline).
     """
 
     batch: Batch
     values: Sequence[Any]
     errors: dict[int, BaseException]
     elapsed: float = 0.0
+    attempts: dict[int, int] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- events in
@@ -114,6 +150,8 @@ class WorkerExited:
     ``batch_id`` and ``position`` say which item it was running when it died
     (position -1: between items), as far as the transport knows. ``started``
     is False for a worker that died before it was ready to run anything.
+    ``detail`` is what the transport knows of the death (its last standard
+    error lines, its memory), for the crash report.
     """
 
     worker: int
@@ -121,6 +159,22 @@ class WorkerExited:
     batch_id: int = -1
     position: int = -1
     started: bool = True
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ItemStarted:
+    """A worker began the item at ``position`` of a batch (sent only for
+    batches with a timeout)."""
+
+    worker: int
+    batch_id: int
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """The time the scheduler asked to be woken at (``next_deadline``) has come."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +192,7 @@ class Shutdown:
     kill: bool = False
 
 
-Event = Submitted | CancelGroup | BatchDone | WorkerExited | InitFailed | Shutdown
+Event = Submitted | CancelGroup | BatchDone | ItemStarted | Tick | WorkerExited | InitFailed | Shutdown
 
 # ---------------------------------------------------------------- instructions out
 
@@ -168,7 +222,12 @@ class StopWorker:
 
 @dataclass(frozen=True, slots=True)
 class KillWorker:
+    """Stop the worker now. ``grace`` > 0: ask it to end (SIGTERM) and kill it
+    if it has not after that many seconds. A thread cannot be killed: it
+    takes nothing more and ends after its item."""
+
     worker: int
+    grace: float = 0.0
 
 
 Instruction = StartWorker | Send | Deliver | StopWorker | KillWorker
@@ -181,7 +240,8 @@ class Backend(Protocol):
 
     It owns no policy. Every report goes through the ``report`` callable it
     was built with, as one of the events above (``BatchDone``,
-    ``WorkerExited``, ``InitFailed``), from any thread.
+    ``ItemStarted`` for batches with a timeout, ``WorkerExited``,
+    ``InitFailed``), from any thread.
     """
 
     def start_worker(self, worker: int) -> None: ...
@@ -190,6 +250,6 @@ class Backend(Protocol):
 
     def stop_worker(self, worker: int) -> None: ...
 
-    def kill_worker(self, worker: int) -> None: ...
+    def kill_worker(self, worker: int, grace: float = 0.0) -> None: ...
 
     def close(self) -> None: ...

@@ -3,26 +3,41 @@
 ::
 
     callers ── Submitted / CancelGroup / Shutdown ──┐
+    engine ─── Tick (at next_deadline) ─────────────┤
                                                    v
-    backend ── BatchDone / WorkerExited / InitFailed ──> Scheduler.handle(event)
+    backend ── BatchDone / ItemStarted / WorkerExited / InitFailed ──> Scheduler.handle(event)
                                                    │
                                                    └──> [StartWorker, Send, Deliver,
                                                          StopWorker, KillWorker]
 
 It owns the pending queue, the in-flight table (which worker runs which
-batches, in order), crash attribution, worker recycling, cancellation and
-shutdown. It never starts a thread, touches a pipe or reads a clock: the
-engine feeds it events and carries out the instructions it returns, so tests
-can drive it with any sequence of events without starting a worker.
+batches, in order), crash attribution, per-item timeouts, retries, worker
+recycling, cancellation and shutdown. It never starts a thread, touches a
+pipe or waits: the engine feeds it events and carries out the instructions
+it returns, and the clock is given to it, so tests can drive it with any
+sequence of events, and any time, without starting a worker.
 
 Invariant: every batch handed to ``handle`` in a ``Submitted`` event comes out
 as ``Deliver`` instructions covering each of its items exactly once, unless
 its group is cancelled or the pool is shut down with ``cancel`` (then pending
-items are dropped, delivered as cancelled for ``cancel``/``kill``).
+items are dropped, delivered as cancelled for ``cancel``/``kill``). A batch
+is only ever split into contiguous parts, so a stream's results still cover
+contiguous runs of input positions.
+
+Faults stay local. When a worker dies, or runs an item past its timeout,
+only the item it was running fails (``WorkerCrashed`` or ``TaskTimeout``), or
+runs again if its policy retries it; the other items it held go back to the
+queue. A death that cannot be pinned on one item (between items, while
+sending a result) makes every item of the batch a suspect: they run again
+one per batch, so the next death is pinned, and an item under which
+``max_crashes`` workers died fails for good.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import heapq
+import itertools
 import signal
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -38,19 +53,24 @@ from parcelout._core._messages import (
     Event,
     InitFailed,
     Instruction,
+    ItemStarted,
     KillWorker,
+    Policy,
     Send,
     Shutdown,
     StartWorker,
     StopWorker,
     Submitted,
+    Tick,
     WorkerExited,
 )
-from parcelout.errors import InitializerFailed, WorkerCrashed
+from parcelout.errors import InitializerFailed, TaskTimeout, WorkerCrashed, describe_item
 
 # A worker that dies before it is ready may be bad luck (killed from outside);
 # this many in a row, with no batch finished between them, is a broken setup.
 START_FAILURES_TO_BREAK = 3
+# A process worker past its timeout gets SIGTERM, then SIGKILL this much later.
+TIMEOUT_GRACE = 1.0
 
 
 @dataclass
@@ -59,6 +79,12 @@ class _Worker:
     inflight: deque[Batch] = field(default_factory=deque)
     items_sent: int = 0
     retiring: bool = False
+    deadline: float | None = None
+    position: int = -1
+
+
+def _no_clock() -> float:
+    return 0.0
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -84,6 +110,7 @@ class Scheduler:
             ``queueable`` batches are queued behind another.
         max_items_per_worker: replace a worker after it was sent this many
             items (None: never).
+        clock: the time now, in seconds (timeouts and retry back-off).
     """
 
     def __init__(
@@ -93,8 +120,12 @@ class Scheduler:
         *,
         depth: int = 1,
         max_items_per_worker: int | None = None,
+        clock: Callable[[], float] = _no_clock,
     ) -> None:
         self._size = size
+        self._clock = clock
+        self._delayed: list[tuple[float, int, Batch]] = []  # retries waiting out their back-off
+        self._delay_order = itertools.count()
         self._new_id = new_id
         self._depth = depth
         self._quota = max_items_per_worker
@@ -119,7 +150,16 @@ class Scheduler:
 
     @property
     def pending(self) -> tuple[Batch, ...]:
-        return tuple(self._pending)
+        return (*self._pending, *(batch for _, _, batch in self._delayed))
+
+    @property
+    def next_deadline(self) -> float | None:
+        """When to send a ``Tick``: the first item timeout or retry back-off
+        to expire (None: nothing to wait for)."""
+        times = [w.deadline for w in self._workers.values() if w.deadline is not None]
+        if self._delayed:
+            times.append(self._delayed[0][0])
+        return min(times, default=None)
 
     # ------------------------------------------------------------ entry points
     def start(self) -> list[Instruction]:
@@ -134,6 +174,10 @@ class Scheduler:
                 self._on_submitted(batch, out)
             case BatchDone():
                 self._on_batch_done(event, out)
+            case ItemStarted(worker, batch_id, position):
+                self._on_item_started(worker, batch_id, position)
+            case Tick():
+                self._expire(out)
             case WorkerExited():
                 self._on_worker_exited(event, out)
             case InitFailed(worker, error):
@@ -142,6 +186,7 @@ class Scheduler:
                 self._on_cancel_group(group)
             case Shutdown(cancel, kill):
                 self._on_shutdown(cancel, kill, out)
+        self._release_delayed()
         self._dispatch(out)
         self._stop_idle(out)
         return out
@@ -159,12 +204,55 @@ class Scheduler:
         self._start_failures = 0
         worker = self._workers.get(event.worker)
         if worker is None:
-            return
+            return  # a worker already given up on (timed out): its batches went elsewhere
         for batch in worker.inflight:
             if batch.id == event.batch_id:
+                if batch is worker.inflight[0]:
+                    worker.deadline, worker.position = None, -1
                 worker.inflight.remove(batch)
-                out.append(Deliver(BatchResult(batch, event.values, event.errors, event.elapsed)))
+                self._settle(BatchResult(batch, event.values, event.errors, event.elapsed), worker.id, out)
                 return
+
+    def _settle(self, result: BatchResult, worker_id: int, out: list[Instruction]) -> None:
+        """Deliver a finished batch, less the failed items its policy retries."""
+        batch, values, errors = result.batch, result.values, result.errors
+        policy = batch.policy
+        retry = [p for p in sorted(errors) if batch.attempt <= policy.retries and retry_wanted(policy, errors[p])]
+        if not retry:
+            out.append(Deliver(result))
+            return
+        start = 0
+        for pos in [*retry, len(batch.items)]:
+            if pos > start:  # the run of items before this retried one
+                part = dataclasses.replace(batch, id=self._new_id(), items=batch.items[start:pos])
+                part_errors = {p - start: e for p, e in errors.items() if start <= p < pos}
+                out.append(Deliver(BatchResult(part, values[start:pos], part_errors, 0.0)))
+            if pos < len(batch.items):
+                self._retry(_one(batch, pos, self._new_id()), worker_id, crashed=False)
+            start = pos + 1
+
+    def _on_item_started(self, worker_id: int, batch_id: int, position: int) -> None:
+        worker = self._workers.get(worker_id)
+        if worker is None or not worker.inflight or worker.inflight[0].id != batch_id:
+            return
+        timeout = worker.inflight[0].policy.timeout
+        if timeout is not None and position >= 0:
+            worker.deadline, worker.position = self._clock() + timeout, position
+        else:
+            worker.deadline, worker.position = None, -1
+
+    def _expire(self, out: list[Instruction]) -> None:
+        """Stop the workers whose item ran past its timeout; fail or retry the item."""
+        now = self._clock()
+        for worker in [w for w in self._workers.values() if w.deadline is not None and w.deadline <= now]:
+            running = worker.inflight[0]
+            del self._workers[worker.id]  # gone for the scheduler; a replacement may start
+            out.append(KillWorker(worker.id, grace=TIMEOUT_GRACE))
+            timeout = running.policy.timeout
+            index, item = running.items[worker.position]
+            message = f"item {index} ({describe_item(item)}) ran longer than its {timeout:g} s timeout"
+            self._blame(worker, worker.position, TaskTimeout(message, timeout), crashed=False, out=out)
+            running.cancelled = True  # (after the split: its parts run again) a thread stops after the item
 
     def _on_worker_exited(self, event: WorkerExited, out: list[Instruction]) -> None:
         worker = self._workers.pop(event.worker, None)
@@ -190,29 +278,74 @@ class Scheduler:
             out.extend(_cancelled(b) for b in worker.inflight)
 
     def _attribute_crash(self, worker: _Worker, event: WorkerExited, out: list[Instruction]) -> None:
-        """Fail only the item that was running; give the others back to the queue.
+        """Fail (or retry) only the item that was running; give the others back.
 
         The worker's other batches never started; the items of the running
         batch before and after the culprit go back too (the results of those
-        before it died with the worker).
+        before it died with the worker). A death between items of the running
+        batch (after the last one, while sending the results) makes all its
+        items suspects; a death before the running batch began blames nothing.
         """
-        running = worker.inflight.popleft()
-        requeue = list(worker.inflight)
-        known = event.batch_id == running.id and 0 <= event.position < len(running.items)
-        culprit = event.position if known else -1
-        if culprit < 0:
-            requeue.insert(0, running)  # died between items: nothing to blame
+        running = worker.inflight[0]
+        culprit = event.position if event.batch_id == running.id and event.position < len(running.items) else -1
+        if culprit >= 0:
+            index, item = running.items[culprit]
+            how = describe_exit(event.exitcode)
+            message = f"the worker process running item {index} ({describe_item(item)}) died ({how})"
+            error = WorkerCrashed(message + (f"; {event.detail}" if event.detail else ""), event.exitcode)
+            self._blame(worker, culprit, error, crashed=True, out=out)
+            return
+        worker.inflight.popleft()
+        if event.batch_id == running.id:  # died after its items ran: each one a suspect
+            message = f"the worker process died after running item {{}} ({describe_exit(event.exitcode)})"
+            for pos in range(len(running.items)):
+                suspect = dataclasses.replace(_one(running, pos, self._new_id()), crashes=running.crashes + 1)
+                if suspect.crashes >= suspect.policy.max_crashes:
+                    error = WorkerCrashed(message.format(suspect.items[0][0]), event.exitcode)
+                    out.append(Deliver(BatchResult(suspect, [None], {0: error})))
+                else:
+                    self._pending.appendleft(suspect)
         else:
-            index, _ = running.items[culprit]
-            error = WorkerCrashed(
-                f"the worker process running item {index} died ({describe_exit(event.exitcode)})",
-                event.exitcode,
-            )
-            head, rest = running.split(culprit, self._new_id())
-            culprit_batch, tail = rest.split(1, self._new_id())
-            out.append(Deliver(BatchResult(culprit_batch, [None], {0: error})))
-            requeue[:0] = [b for b in (head, tail) if b.items]
+            worker.inflight.appendleft(running)
+        self._pending.extendleft(reversed(worker.inflight))
+        worker.inflight.clear()
+
+    def _blame(
+        self, worker: _Worker, culprit: int, error: BaseException, *, crashed: bool, out: list[Instruction]
+    ) -> None:
+        """The running batch's item at ``culprit`` failed with ``error`` and took
+        the worker with it: fail or retry it; requeue everything else the
+        worker held."""
+        running = worker.inflight.popleft()
+        head, rest = running.split(culprit, self._new_id())
+        culprit_batch, tail = rest.split(1, self._new_id())
+        requeue = [b for b in (head, tail) if b.items] + list(worker.inflight)
+        worker.inflight.clear()
+        worker.deadline, worker.position = None, -1
         self._pending.extendleft(reversed(requeue))
+        crashes = culprit_batch.crashes + crashed
+        policy = culprit_batch.policy
+        may_retry = culprit_batch.attempt <= policy.retries and retry_wanted(policy, error)
+        if may_retry and crashes < policy.max_crashes:
+            self._retry(dataclasses.replace(culprit_batch, crashes=crashes), worker.id, crashed=False)
+        else:
+            out.append(Deliver(BatchResult(dataclasses.replace(culprit_batch, crashes=crashes), [None], {0: error})))
+
+    def _retry(self, batch: Batch, worker_id: int, *, crashed: bool) -> None:
+        """Queue ``batch`` (one failed item) to run again, after its back-off."""
+        again = dataclasses.replace(batch, attempt=batch.attempt + 1, crashes=batch.crashes + crashed, avoid=worker_id)
+        delay = again.policy.backoff * 2 ** (batch.attempt - 1)
+        if delay > 0:
+            heapq.heappush(self._delayed, (self._clock() + delay, next(self._delay_order), again))
+        else:
+            self._pending.appendleft(again)
+
+    def _release_delayed(self) -> None:
+        if not self._delayed:
+            return
+        now = self._clock()
+        while self._delayed and self._delayed[0][0] <= now:
+            self._pending.appendleft(heapq.heappop(self._delayed)[2])
 
     def _on_init_failed(self, worker_id: int, error: BaseException, out: list[Instruction]) -> None:
         reason = f"a worker's initializer raised {type(error).__name__}: {error}"
@@ -224,9 +357,10 @@ class Scheduler:
             broken = InitializerFailed(f"{reason}; the pool takes no more work")
             broken.__cause__ = cause
             self.broken = broken
-        for batch in [*self._pending, *(worker.inflight if worker else ())]:
+        for batch in [*self.pending, *(worker.inflight if worker else ())]:
             out.append(_fail_all(batch, self.broken))
         self._pending.clear()
+        self._delayed.clear()
         if worker is not None:
             worker.inflight.clear()
 
@@ -236,20 +370,23 @@ class Scheduler:
                 if batch.group == group:
                     batch.cancelled = True
         self._pending = deque(b for b in self._pending if b.group != group)
+        self._delayed = [entry for entry in self._delayed if entry[2].group != group]
+        heapq.heapify(self._delayed)
 
     def _on_shutdown(self, cancel: bool, kill: bool, out: list[Instruction]) -> None:
         self._closing = True
         if cancel or kill:
-            out.extend(_cancelled(b) for b in self._pending)
+            out.extend(_cancelled(b) for b in self.pending)
             self._pending.clear()
-        if kill:
+            self._delayed.clear()
+        if kill:  # the workers running something are stopped now, and not waited for
             self._killing = True
-            for worker in self._workers.values():
-                if worker.inflight:
-                    for batch in worker.inflight:
-                        batch.cancelled = True
-                    worker.retiring = True
-                    out.append(KillWorker(worker.id))
+            for worker in [w for w in self._workers.values() if w.inflight]:
+                for batch in worker.inflight:
+                    batch.cancelled = True
+                out.extend(_cancelled(b) for b in worker.inflight)
+                out.append(KillWorker(worker.id))
+                del self._workers[worker.id]
 
     # ------------------------------------------------------------ helpers
     def _can_grow(self) -> bool:
@@ -265,13 +402,16 @@ class Scheduler:
 
     def _dispatch(self, out: list[Instruction]) -> None:
         while self._pending:
-            worker = self._least_loaded()
+            batch = self._pending[0]
+            worker = self._least_loaded(avoid=batch.avoid)
             if (worker is None or worker.inflight) and self._can_grow():
                 out.append(self._spawn())
                 continue
-            if worker is None or (worker.inflight and not self._pending[0].queueable):
+            if worker is None and batch.avoid >= 0:  # no other worker: go back to the one it failed on
+                worker = self._least_loaded(avoid=-1)
+            if worker is None or (worker.inflight and not batch.queueable):
                 return
-            batch = self._pending.popleft()
+            self._pending.popleft()
             if batch.cancelled or (batch.try_start is not None and not batch.try_start()):
                 continue
             if self._quota is not None:
@@ -286,10 +426,10 @@ class Scheduler:
                 worker.retiring = True
                 out.append(StopWorker(worker.id))
 
-    def _least_loaded(self) -> _Worker | None:
+    def _least_loaded(self, avoid: int) -> _Worker | None:
         best: _Worker | None = None
         for worker in self._workers.values():
-            if worker.retiring or len(worker.inflight) >= self._depth:
+            if worker.id == avoid or worker.retiring or len(worker.inflight) >= self._depth:
                 continue
             if best is None or len(worker.inflight) < len(best.inflight):
                 best = worker
@@ -297,12 +437,27 @@ class Scheduler:
 
     def _stop_idle(self, out: list[Instruction]) -> None:
         """Once shut down (or broken), workers with nothing left to do exit."""
-        if not (self._closing or self.broken is not None) or self._pending:
+        if not (self._closing or self.broken is not None) or self._pending or self._delayed:
             return
         for worker in self._workers.values():
             if not worker.inflight and not worker.retiring:
                 worker.retiring = True
                 out.append(StopWorker(worker.id))
+
+
+def retry_wanted(policy: Policy, error: BaseException) -> bool:
+    """Whether the policy retries this error; a predicate that raises says no."""
+    if isinstance(error, CancelledError):
+        return False
+    try:
+        return bool(policy.retry_on(error))
+    except Exception:
+        return False
+
+
+def _one(batch: Batch, pos: int, new_id: int) -> Batch:
+    """The item at ``pos`` of ``batch``, as a batch of its own."""
+    return dataclasses.replace(batch, id=new_id, items=batch.items[pos : pos + 1], try_start=None)
 
 
 def _fail_all(batch: Batch, error: BaseException) -> Deliver:

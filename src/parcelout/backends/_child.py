@@ -1,14 +1,22 @@
 """The worker process's loop. It imports little, so a worker starts fast.
 
 The parent sends each batch as two messages over a duplex pipe: a pickled
-header ``(batch_id, token, fn_bytes, star, n)`` and the pickled list of the
+header ``(batch_id, token, fn_bytes, star, n, report_starts)`` and the pickled list of the
 ``n`` items, so that items that fail to unpickle fail alone, not the worker.
 The function comes once per worker (cached by token). A receiver thread
 moves messages off the pipe at once, so the parent's send never waits for
 the current item to finish, and it ends the process when the parent is gone
 (end of file on the pipe). The worker marks
 ``slot = [batch_id, position]`` in shared memory before each item: if it dies,
-the parent knows which item killed it.
+the parent knows which item killed it. For a batch with a timeout it also
+sends ``("started", batch_id, position)`` before each item, so the parent
+can time the item itself.
+
+The worker's standard error goes to a pipe the parent reads (and copies to
+its own standard error), so a crash report can quote its last lines;
+``faulthandler`` prints the Python stack there on a fatal signal. A thread
+samples the process's peak memory into the slot every ``MEMORY_PERIOD``
+seconds, for the report of a death by out-of-memory kill.
 
 Replies: ``("ready",)`` once started (after the initializer), then one
 ``("done", ...)`` per batch (see ``_reply``); or ``("init_failed", failure)``.
@@ -18,9 +26,11 @@ cannot cross fails only its own item.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import pickle
 import queue
+import resource
 import signal
 import threading
 import traceback
@@ -35,11 +45,19 @@ from parcelout.backends._base import Slot, run_batch
 
 STOP = b"stop"
 _FN_CACHE_SIZE = 64
+MEMORY_PERIOD = 0.1
+# The slot: [batch_id, position, peak resident KiB, peak virtual KiB, RLIMIT_AS KiB or -1]
+SLOT_SIZE = 5
 
 
-def main(conn: Connection, slot: Slot, init: bytes | None) -> None:
+def main(conn: Connection, slot: Slot, init: bytes | None, stderr: Connection | None = None) -> None:
     """Entry point of a worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent's pool handles Ctrl-C
+    if stderr is not None:
+        os.dup2(stderr.fileno(), 2)
+        stderr.close()
+    faulthandler.enable()
+    threading.Thread(target=_watch_memory, args=(slot,), daemon=True).start()
     inbox: queue.SimpleQueue[tuple[bytes, bytes] | None] = queue.SimpleQueue()
     threading.Thread(target=_receive, args=(conn, inbox), daemon=True).start()
     if init is not None:
@@ -53,7 +71,40 @@ def main(conn: Connection, slot: Slot, init: bytes | None) -> None:
     _send(conn, ("ready",))
     fns: dict[int, Callable[..., Any] | BaseException] = {}
     while (message := inbox.get()) is not None:
-        _send(conn, _run(*message, fns, slot))
+        _send(conn, _run(*message, fns, slot, conn))
+
+
+class _StartReporter:
+    """The slot, and a ``("started", ...)`` message to the parent at each item."""
+
+    def __init__(self, slot: Slot, conn: Connection, batch_id: int) -> None:
+        self._slot = slot
+        self._conn = conn
+        self._batch_id = batch_id
+
+    def __setitem__(self, key: int, position: int) -> None:
+        self._slot[key] = position
+        _send(self._conn, ("started", self._batch_id, position))
+
+
+def _watch_memory(slot: Slot) -> None:
+    """Keep the peak memory and the address-space limit in the slot."""
+    tick = threading.Event()
+    while True:
+        resident, virtual = _peaks()
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        slot[2], slot[3], slot[4] = resident, virtual, -1 if limit == resource.RLIM_INFINITY else limit // 1024
+        tick.wait(MEMORY_PERIOD)  # a sampling period, not a wait for an event
+
+
+def _peaks() -> tuple[int, int]:
+    """Peak resident and peak virtual memory of this process, in KiB."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            fields = dict(line.split(b":", 1) for line in status if b":" in line)
+        return int(fields[b"VmHWM"].split()[0]), int(fields[b"VmPeak"].split()[0])
+    except (OSError, KeyError, ValueError):  # not Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, -1
 
 
 def _receive(conn: Connection, inbox: queue.SimpleQueue[tuple[bytes, bytes] | None]) -> None:
@@ -66,10 +117,12 @@ def _receive(conn: Connection, inbox: queue.SimpleQueue[tuple[bytes, bytes] | No
 
 
 def _run(
-    header: bytes, payload: bytes, fns: dict[int, Callable[..., Any] | BaseException], slot: Slot
+    header: bytes, payload: bytes, fns: dict[int, Callable[..., Any] | BaseException], slot: Slot, conn: Connection
 ) -> tuple[Any, ...]:
-    batch_id, token, fn_bytes, star, n = pickle.loads(header)
+    batch_id, token, fn_bytes, star, n, report_starts = pickle.loads(header)
     slot[0] = batch_id
+    if report_starts:
+        slot = _StartReporter(slot, conn, batch_id)
     if fn_bytes is not None:
         if len(fns) >= _FN_CACHE_SIZE:
             fns.clear()

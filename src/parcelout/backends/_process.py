@@ -11,6 +11,12 @@ every pipe, every process sentinel and a wake-up pipe). Sending and receiving
 in different threads means a worker blocked writing a large result can never
 deadlock against a parent blocked writing the next batch.
 
+The reader also copies each worker's standard error to the parent's, keeping
+its last lines, and, when a worker dies, says what it knows (those lines, the
+worker's peak memory, whether it was likely out of memory) in the
+``WorkerExited`` it reports. A worker stopped with a grace period gets
+SIGTERM, then SIGKILL from the reader once the grace is over.
+
 Functions and items travel with cloudpickle where plain pickle cannot carry
 them. An item, function or result that cannot be pickled fails its own item,
 with a note that names it; the worker and the other items go on.
@@ -23,8 +29,11 @@ import multiprocessing
 import multiprocessing.context
 import os
 import pickle
+import signal
 import sys
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -32,13 +41,14 @@ from typing import Any
 
 import cloudpickle
 
-from parcelout._core._messages import Batch, BatchDone, Call, Event, InitFailed, WorkerExited
+from parcelout._core._messages import Batch, BatchDone, Call, Event, InitFailed, ItemStarted, WorkerExited
 from parcelout.backends import _child
 from parcelout.backends import _wire as wire
 from parcelout.errors import RemoteError, RemoteTraceback, describe_item
 
 Context = multiprocessing.context.BaseContext
 _PRELOAD = ["__main__", "parcelout.backends._child"]
+STDERR_LINES = 20
 
 
 def default_context(start_method: str | None = None) -> Context:
@@ -61,10 +71,14 @@ class _Worker:
     process: Any
     conn: Connection
     slot: Any
+    stderr: Connection
     known: set[int] = field(default_factory=set)
     send_errors: dict[int, dict[int, BaseException]] = field(default_factory=dict)
     eof: bool = False
     ready: bool = False
+    stderr_tail: deque[bytes] = field(default_factory=lambda: deque(maxlen=STDERR_LINES))
+    stderr_partial: bytes = b""
+    kill_at: float | None = None
 
 
 class ProcessBackend:
@@ -89,22 +103,28 @@ class ProcessBackend:
     # ------------------------------------------------------------ transport
     def start_worker(self, worker: int) -> None:
         conn, child_conn = self._context.Pipe(duplex=True)
-        slot = self._context.RawArray("q", [-1, -1])
+        stderr, child_stderr = self._context.Pipe(duplex=False)
+        slot = self._context.RawArray("q", [-1, -1, 0, 0, -1])
         process = self._context.Process(  # type: ignore[attr-defined]
-            target=_child.main, args=(child_conn, slot, self._init), name=f"parcelout-worker-{worker}"
+            target=_child.main,
+            args=(child_conn, slot, self._init, child_stderr),
+            name=f"parcelout-worker-{worker}",
         )
         try:
             with _main_without_a_missing_file():
                 process.start()
         except Exception as exc:
             conn.close()
+            stderr.close()
             self._report(InitFailed(worker, exc))
             self._report(WorkerExited(worker, None, started=False))
             return
         finally:
             child_conn.close()
+            child_stderr.close()
+        os.set_blocking(stderr.fileno(), False)
         with self._lock:
-            self._workers[worker] = _Worker(worker, process, conn, slot)
+            self._workers[worker] = _Worker(worker, process, conn, slot, stderr)
         self._wake()
 
     def send(self, worker: int, batch: Batch) -> None:
@@ -116,7 +136,8 @@ class ProcessBackend:
         if isinstance(fn_bytes, BaseException):
             self._report(BatchDone(worker, batch.id, [None] * n, dict.fromkeys(range(n), fn_bytes), 0.0))
             return
-        header = (batch.id, call.token, None if call.token in proc.known else fn_bytes, call.star, n)
+        starts = batch.policy.timeout is not None
+        header = (batch.id, call.token, None if call.token in proc.known else fn_bytes, call.star, n, starts)
         payload, errors = _encode_items(batch)
         if errors:
             proc.send_errors[batch.id] = errors
@@ -133,10 +154,16 @@ class ProcessBackend:
             with contextlib.suppress(OSError, ValueError):  # it died: the reader reports it
                 proc.conn.send_bytes(_child.STOP)
 
-    def kill_worker(self, worker: int) -> None:
+    def kill_worker(self, worker: int, grace: float = 0.0) -> None:
         proc = self._workers.get(worker)
-        if proc is not None:
+        if proc is None:
+            return
+        if grace <= 0:
             proc.process.kill()
+            return
+        proc.process.terminate()
+        proc.kill_at = time.monotonic() + grace
+        self._wake()  # the reader waits until then at most
 
     def close(self) -> None:
         with self._lock:
@@ -161,13 +188,49 @@ class ProcessBackend:
                 procs = list(self._workers.values())
             waitables: dict[Any, _Worker] = {p.process.sentinel: p for p in procs}
             waitables.update({p.conn: p for p in procs if not p.eof})
-            for ready in wait([self._wake_r, *waitables]):
+            streams = {p.stderr: p for p in procs if not p.stderr.closed}
+            for ready in wait([self._wake_r, *waitables, *streams], timeout=self._kill_grace_left(procs)):
                 if ready == self._wake_r:
                     os.read(self._wake_r, 4096)
+                elif ready in streams:
+                    self._relay(streams[ready])
                 elif ready is waitables[ready].conn:
                     self._receive(waitables[ready])
                 else:
                     self._reap(waitables[ready])
+
+    @staticmethod
+    def _kill_grace_left(procs: list[_Worker]) -> float | None:
+        """Kill the workers whose grace period is over; the time to the next one's end."""
+        now = time.monotonic()
+        left = None
+        for proc in procs:
+            if proc.kill_at is None:
+                continue
+            if proc.kill_at <= now:
+                proc.process.kill()
+                proc.kill_at = None
+            else:
+                left = min(left if left is not None else proc.kill_at - now, proc.kill_at - now)
+        return left
+
+    def _relay(self, proc: _Worker) -> None:
+        """Copy what the worker wrote to its standard error to ours; keep its last lines."""
+        while True:
+            try:
+                data = os.read(proc.stderr.fileno(), 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                proc.stderr.close()
+                return
+            with contextlib.suppress(OSError):
+                _write_all(2, data)
+            lines = (proc.stderr_partial + data).split(b"\n")
+            proc.stderr_partial = lines.pop()[-4096:]
+            proc.stderr_tail.extend(line[-500:] for line in lines)
 
     def _receive(self, proc: _Worker) -> None:
         try:
@@ -188,13 +251,21 @@ class ProcessBackend:
                 break
             self._handle(proc, data)
         proc.process.join()
+        if not proc.stderr.closed:
+            self._relay(proc)
         proc.conn.close()
+        proc.stderr.close()
         with self._lock:
             del self._workers[proc.id]
-        self._report(WorkerExited(proc.id, proc.process.exitcode, proc.slot[0], proc.slot[1], proc.ready))
+        exitcode = proc.process.exitcode
+        detail = "" if exitcode == 0 or proc.kill_at is not None else _crash_detail(proc)
+        self._report(WorkerExited(proc.id, exitcode, proc.slot[0], proc.slot[1], proc.ready, detail))
 
     def _handle(self, proc: _Worker, data: bytes) -> None:
         reply = pickle.loads(data)  # plain types only: the values inside are encoded apart
+        if reply[0] == "started":
+            self._report(ItemStarted(proc.id, reply[1], reply[2]))
+            return
         if reply[0] == "ready":
             proc.ready = True
             return
@@ -208,6 +279,61 @@ class ProcessBackend:
         errors.update(_failures(failures, positions))
         errors.update(proc.send_errors.pop(batch_id, {}))
         self._report(BatchDone(proc.id, batch_id, values, errors, elapsed))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _crash_detail(proc: _Worker) -> str:
+    """What the parent knows of a worker's death: out of memory?, its peak
+    memory, its last lines of standard error."""
+    resident, virtual, limit = proc.slot[2], proc.slot[3], proc.slot[4]
+    parts = []
+    if likely_out_of_memory(proc.process.exitcode, resident, virtual, limit, memory_limit()):
+        parts.append("likely out of memory")
+    if resident > 0:
+        within = f" (address-space limit {_size(limit)})" if limit > 0 else ""
+        parts.append(f"peak memory {_size(resident)}{within}")
+    text = "; ".join(parts)
+    tail = [line.decode(errors="replace") for line in proc.stderr_tail]
+    if proc.stderr_partial:
+        tail.append(proc.stderr_partial.decode(errors="replace"))
+    if tail:
+        text += ("; " if text else "") + "its last lines of standard error:\n" + "\n".join(tail)
+    return text
+
+
+def likely_out_of_memory(exitcode: int | None, resident: int, virtual: int, as_limit: int, memory: int | None) -> bool:
+    """Whether a death looks like an out-of-memory kill (all sizes in KiB).
+
+    The kernel's OOM killer sends SIGKILL, to a process using much of the
+    memory it may use; an exhausted address-space limit (``RLIMIT_AS``)
+    makes allocations fail, which C code may answer with an abort or a
+    segfault.
+    """
+    if exitcode is None or exitcode >= 0:
+        return False
+    if exitcode == -signal.SIGKILL and memory and resident >= 0.5 * memory:
+        return True
+    return as_limit > 0 and virtual >= 0.9 * as_limit
+
+
+def memory_limit() -> int | None:
+    """The memory this process tree may use, in KiB: its cgroup's limit, else the RAM."""
+    limits = []
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError), open(path) as f:
+            limits.append(int(f.read().strip()) // 1024)
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 1024)
+    return min(limits, default=None)
+
+
+def _size(kib: int) -> str:
+    return f"{kib / 1024:.0f} MiB" if kib < 1024 * 1024 else f"{kib / 1024 / 1024:.1f} GiB"
 
 
 def _failures(blob: bytes, positions: list[int]) -> dict[int, BaseException]:

@@ -1,7 +1,9 @@
 """Thread workers: one daemon thread per worker, each with its own inbox.
 
-A thread cannot be killed: ``kill_worker`` asks it to stop after the item it
-is running (the batch is flagged cancelled by the scheduler).
+A thread cannot be killed. ``kill_worker`` makes it take nothing more: it
+ends after the item it is running (the scheduler has flagged that batch
+cancelled, so its other items are skipped). An item that runs past its
+timeout is abandoned that way and runs on in its thread.
 """
 
 from __future__ import annotations
@@ -11,8 +13,20 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from parcelout._core._messages import Batch, BatchDone, Event, InitFailed, WorkerExited
+from parcelout._core._messages import Batch, BatchDone, Event, InitFailed, ItemStarted, WorkerExited
 from parcelout.backends._base import run_batch
+
+
+class _StartReporter:
+    """A slot that reports each item's start (for batches with a timeout)."""
+
+    def __init__(self, report: Callable[[Event], None], worker: int, batch_id: int) -> None:
+        self._report = report
+        self._worker = worker
+        self._batch_id = batch_id
+
+    def __setitem__(self, key: int, position: int) -> None:
+        self._report(ItemStarted(self._worker, self._batch_id, position))
 
 
 class ThreadBackend:
@@ -30,6 +44,7 @@ class ThreadBackend:
         self._prefix = name_prefix
         self._inboxes: dict[int, queue.SimpleQueue[Batch | None]] = {}
         self._threads: dict[int, threading.Thread] = {}
+        self._abandoned: set[int] = set()
 
     def start_worker(self, worker: int) -> None:
         inbox: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
@@ -47,7 +62,10 @@ class ThreadBackend:
         if inbox is not None:
             inbox.put(None)
 
-    kill_worker = stop_worker
+    def kill_worker(self, worker: int, grace: float = 0.0) -> None:
+        self._abandoned.add(worker)  # it takes nothing more from its inbox
+        self._threads.pop(worker, None)  # and nobody waits for it
+        self.stop_worker(worker)
 
     def close(self) -> None:
         for inbox in self._inboxes.values():
@@ -67,9 +85,11 @@ class ThreadBackend:
                 except BaseException as exc:
                     self._report(InitFailed(worker, exc))
                     return
-            while (batch := inbox.get()) is not None:
+            while (batch := inbox.get()) is not None and worker not in self._abandoned:
                 payloads = [item for _, item in batch.items]
-                values, errors, elapsed = run_batch(batch.call.fn, batch.call.star, payloads, flag=batch)
+                slot = None if batch.policy.timeout is None else _StartReporter(self._report, worker, batch.id)
+                values, errors, elapsed = run_batch(batch.call.fn, batch.call.star, payloads, slot, flag=batch)
                 self._report(BatchDone(worker, batch.id, values, errors, elapsed))
         finally:
+            self._abandoned.discard(worker)
             self._report(WorkerExited(worker, 0))
