@@ -298,13 +298,15 @@ class Scheduler:
         worker.inflight.popleft()
         if event.batch_id == running.id:  # died after its items ran: each one a suspect
             message = f"the worker process died after running item {{}} ({describe_exit(event.exitcode)})"
+            suspects = []
             for pos in range(len(running.items)):
                 suspect = dataclasses.replace(_one(running, pos, self._new_id()), crashes=running.crashes + 1)
                 if suspect.crashes >= suspect.policy.max_crashes:
                     error = WorkerCrashed(message.format(suspect.items[0][0]), event.exitcode)
                     out.append(Deliver(BatchResult(suspect, [None], {0: error})))
                 else:
-                    self._pending.appendleft(suspect)
+                    suspects.append(suspect)
+            self._pending.extendleft(reversed(suspects))
         else:
             worker.inflight.appendleft(running)
         self._pending.extendleft(reversed(worker.inflight))
