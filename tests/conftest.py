@@ -50,9 +50,11 @@ def _helper_pids() -> set[int]:
 
 
 def leftover_children() -> list[psutil.Process]:
+    """Every live descendant but multiprocessing's helpers: workers started by
+    the fork server are its children, not ours, so look the whole tree down."""
     helpers = _helper_pids()
     alive = []
-    for child in psutil.Process().children(recursive=False):
+    for child in psutil.Process().children(recursive=True):
         try:
             if child.pid not in helpers and child.status() != psutil.STATUS_ZOMBIE:
                 alive.append(child)

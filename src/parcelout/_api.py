@@ -36,6 +36,11 @@ def imap(
     progress: ProgressSpec = ...,
     start_method: str | None = ...,
     max_tasks_per_worker: int | None = ...,
+    timeout: float | None = ...,
+    retries: int = ...,
+    retry_on: RetryOn | None = ...,
+    backoff: float = ...,
+    max_crashes: int = ...,
 ) -> Generator[R, None, None]: ...
 @overload
 def imap(
@@ -52,6 +57,11 @@ def imap(
     progress: ProgressSpec = ...,
     start_method: str | None = ...,
     max_tasks_per_worker: int | None = ...,
+    timeout: float | None = ...,
+    retries: int = ...,
+    retry_on: RetryOn | None = ...,
+    backoff: float = ...,
+    max_crashes: int = ...,
 ) -> Generator[R | Failure[T], None, None]: ...
 def imap(
     fn: Callable[[T], R],

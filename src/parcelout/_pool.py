@@ -407,8 +407,9 @@ def _results(
             except (TimeoutError, CancelledError):
                 raise
             except BaseException as error:
-                where = f"item {start}" if size == 1 else f"one of the items {start} to {start + size - 1}"
-                error.add_note(f"parcelout: raised by Pool.map's {where}")
+                if future.done() and not future.cancelled() and future.exception() is error:  # not a Ctrl-C here
+                    where = f"item {start}" if size == 1 else f"one of the items {start} to {start + size - 1}"
+                    error.add_note(f"parcelout: raised by Pool.map's {where}")
                 raise
             finally:
                 future.cancel()

@@ -92,7 +92,9 @@ class PolicyWorld(World):
     def finish_with(self, w: int, failing: set[int]) -> None:
         """Worker ``w`` finishes its first batch; the items in ``failing`` raise."""
         batch = self.queues[w].pop(0)
-        errors = {pos: Flaky(index) for pos, (index, _) in enumerate(batch.items) if index in failing}
+        errors: dict[int, BaseException] = {
+            pos: Flaky(index) for pos, (index, _) in enumerate(batch.items) if index in failing
+        }
         self.post(BatchDone(w, batch.id, [None] * len(batch.items), errors, 0.0))
 
     def die(self, w: int, batch_id: int, position: int) -> None:

@@ -297,7 +297,11 @@ class Scheduler:
             return
         worker.inflight.popleft()
         if event.batch_id == running.id:  # died after its items ran: each one a suspect
-            message = f"the worker process died after running item {{}} ({describe_exit(event.exitcode)})"
+            how = describe_exit(event.exitcode)
+            message = (
+                f"the worker process holding item {{}} died ({how}) outside any item's run "
+                "(receiving its batch or sending results)"
+            )
             suspects = []
             for pos in range(len(running.items)):
                 suspect = dataclasses.replace(_one(running, pos, self._new_id()), crashes=running.crashes + 1)

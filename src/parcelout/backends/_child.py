@@ -56,7 +56,7 @@ def main(conn: Connection, slot: Slot, init: bytes | None, stderr: Connection | 
     if stderr is not None:
         os.dup2(stderr.fileno(), 2)
         stderr.close()
-    faulthandler.enable()
+    faulthandler.enable(all_threads=False)  # the crashing thread's stack, not the helpers'
     threading.Thread(target=_watch_memory, args=(slot,), daemon=True).start()
     inbox: queue.SimpleQueue[tuple[bytes, bytes] | None] = queue.SimpleQueue()
     threading.Thread(target=_receive, args=(conn, inbox), daemon=True).start()

@@ -77,6 +77,7 @@ class _Worker:
     eof: bool = False
     ready: bool = False
     stderr_tail: deque[bytes] = field(default_factory=lambda: deque(maxlen=STDERR_LINES))
+    fatal: list[bytes] | None = None  # from faulthandler's "Fatal Python error" line on
     stderr_partial: bytes = b""
     kill_at: float | None = None
 
@@ -111,7 +112,7 @@ class ProcessBackend:
             name=f"parcelout-worker-{worker}",
         )
         try:
-            with _main_without_a_missing_file():
+            with _main_without_a_missing_file(), _exit_status_lock:
                 process.start()
         except Exception as exc:
             conn.close()
@@ -230,7 +231,12 @@ class ProcessBackend:
                 _write_all(2, data)
             lines = (proc.stderr_partial + data).split(b"\n")
             proc.stderr_partial = lines.pop()[-4096:]
-            proc.stderr_tail.extend(line[-500:] for line in lines)
+            for line in lines:
+                if line.startswith(b"Fatal Python error"):
+                    proc.fatal = []
+                if proc.fatal is not None and len(proc.fatal) < 2 * STDERR_LINES:
+                    proc.fatal.append(line[-500:])  # the innermost frames come first: keep them
+                proc.stderr_tail.append(line[-500:])
 
     def _receive(self, proc: _Worker) -> None:
         try:
@@ -250,14 +256,15 @@ class ProcessBackend:
             except (EOFError, OSError):
                 break
             self._handle(proc, data)
-        proc.process.join()
+        with _exit_status_lock:
+            proc.process.join()
+            exitcode = proc.process.exitcode
         if not proc.stderr.closed:
             self._relay(proc)
         proc.conn.close()
         proc.stderr.close()
         with self._lock:
             del self._workers[proc.id]
-        exitcode = proc.process.exitcode
         detail = "" if exitcode == 0 or proc.kill_at is not None else _crash_detail(proc)
         self._report(WorkerExited(proc.id, exitcode, proc.slot[0], proc.slot[1], proc.ready, detail))
 
@@ -298,8 +305,8 @@ def _crash_detail(proc: _Worker) -> str:
         within = f" (address-space limit {_size(limit)})" if limit > 0 else ""
         parts.append(f"peak memory {_size(resident)}{within}")
     text = "; ".join(parts)
-    tail = [line.decode(errors="replace") for line in proc.stderr_tail]
-    if proc.stderr_partial:
+    tail = [line.decode(errors="replace") for line in proc.fatal or proc.stderr_tail]
+    if proc.stderr_partial and not proc.fatal:
         tail.append(proc.stderr_partial.decode(errors="replace"))
     if tail:
         text += ("; " if text else "") + "its last lines of standard error:\n" + "\n".join(tail)
@@ -377,6 +384,10 @@ def _main_without_a_missing_file() -> Iterator[None]:
 
 
 _main_lock = threading.Lock()
+# Process.start() first polls every child multiprocessing knows of; under
+# forkserver, two threads reading one dead child's status race, and the loser
+# records exit code 255. Starting and reaping under one lock keeps the real code.
+_exit_status_lock = threading.Lock()
 
 
 def _pickle_initializer(initializer: Callable[..., object], initargs: tuple[Any, ...]) -> bytes:
