@@ -170,6 +170,8 @@ def test_one_ctrl_c_ends_the_program_promptly_and_leaves_no_worker(backend: str,
     assert "KeyboardInterrupt" in stderr, stderr
     assert "result" not in "\n".join(script.lines), "an item finished instead of stopping"
     wait_until(lambda: all_gone(processes), 10, "every process the script started to exit")
+    # The resource tracker (gone now) warns there of semaphores or shared memory left behind.
+    assert "leaked" not in script.stderr(), script.stderr()
 
 
 def test_a_ctrl_c_while_pool_map_waits_is_not_blamed_on_an_item(tmp_path: Path) -> None:

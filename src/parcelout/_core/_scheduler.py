@@ -228,7 +228,7 @@ class Scheduler:
                 part_errors = {p - start: e for p, e in errors.items() if start <= p < pos}
                 out.append(Deliver(BatchResult(part, values[start:pos], part_errors, 0.0)))
             if pos < len(batch.items):
-                self._retry(_one(batch, pos, self._new_id()), worker_id, crashed=False)
+                self._retry(_one(batch, pos, self._new_id()), worker_id)
             start = pos + 1
 
     def _on_item_started(self, worker_id: int, batch_id: int, position: int) -> None:
@@ -333,13 +333,14 @@ class Scheduler:
         policy = culprit_batch.policy
         may_retry = culprit_batch.attempt <= policy.retries and retry_wanted(policy, error)
         if may_retry and crashes < policy.max_crashes:
-            self._retry(dataclasses.replace(culprit_batch, crashes=crashes), worker.id, crashed=False)
+            self._retry(dataclasses.replace(culprit_batch, crashes=crashes), worker.id)
         else:
             out.append(Deliver(BatchResult(dataclasses.replace(culprit_batch, crashes=crashes), [None], {0: error})))
 
-    def _retry(self, batch: Batch, worker_id: int, *, crashed: bool) -> None:
-        """Queue ``batch`` (one failed item) to run again, after its back-off."""
-        again = dataclasses.replace(batch, attempt=batch.attempt + 1, crashes=batch.crashes + crashed, avoid=worker_id)
+    def _retry(self, batch: Batch, worker_id: int) -> None:
+        """Queue ``batch`` (one failed item) to run again, after its back-off,
+        preferably not on the worker it failed on."""
+        again = dataclasses.replace(batch, attempt=batch.attempt + 1, avoid=worker_id)
         delay = again.policy.backoff * 2 ** (batch.attempt - 1)
         if delay > 0:
             heapq.heappush(self._delayed, (self._clock() + delay, next(self._delay_order), again))
