@@ -125,11 +125,6 @@ def test_serial_runs_in_the_calling_thread() -> None:
     assert identities == {(os.getpid(), threading.get_ident())}
 
 
-def test_auto_is_accepted_and_runs_on_processes_for_now() -> None:
-    pids = {pid for pid, _ in parcelout.map(worker_identity, range(8), backend="auto", workers=2)}
-    assert os.getpid() not in pids
-
-
 def test_the_initializer_runs_in_each_worker_before_its_work(backend: str) -> None:
     if backend != "process":
         _state.clear()

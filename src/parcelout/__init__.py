@@ -4,25 +4,28 @@ Every input item ends as exactly one result or one failure; nothing hangs and
 no worker outlives its pool.
 """
 
-from parcelout._api import imap, imap_unordered, map
+from parcelout._api import explain, imap, imap_unordered, map
+from parcelout._auto import Plan
 from parcelout._failure import Failure
 from parcelout._pool import Pool
 from parcelout.errors import InitializerFailed, RemoteError, RemoteTraceback, TaskTimeout, WorkerCrashed
 
 __all__ = [
     "Failure",
+    "Plan",
     "InitializerFailed",
     "Pool",
     "RemoteError",
     "RemoteTraceback",
     "TaskTimeout",
     "WorkerCrashed",
+    "explain",
     "imap",
     "imap_unordered",
     "map",
 ]
 
-for _name in ("imap", "imap_unordered", "map", "Failure", "Pool"):
+for _name in ("imap", "imap_unordered", "map", "explain", "Failure", "Plan", "Pool"):
     globals()[_name].__module__ = "parcelout"
 del _name
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Iterable
 from typing import Any, Literal, TypeVar, overload
 
+from parcelout._auto import AutoLane, Plan
 from parcelout._core._engine import BackendFactory
-from parcelout._core._messages import DEFAULT_POLICY
+from parcelout._core._feeder import Feeder
+from parcelout._core._messages import DEFAULT_POLICY, Call
 from parcelout._failure import Failure
 from parcelout._options import RUN_OPTION_NAMES, OnError, PoolOptions, ProgressSpec, RetryOn, RunOptions, make_policy
 from parcelout._pool import Pool, check_callable
+from parcelout._stream import drive, length_of
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -194,22 +197,83 @@ def map(fn: Callable[[T], R], items: Iterable[T], *, on_error: OnError = "raise"
 def _owned(
     pool_options: PoolOptions, fn: Callable[..., Any], items: Iterable[Any], run: RunOptions, ordered: bool
 ) -> Generator[Any, None, None]:
-    """A stream over a pool of its own, started at the first ``next()``."""
-    pool = Pool(
-        pool_options.workers,
-        pool_options.backend,
-        initializer=pool_options.initializer,
-        initargs=pool_options.initargs,
-        start_method=pool_options.start_method,
-        max_tasks_per_worker=pool_options.max_tasks_per_worker,
-    )
+    """A stream over a pool of its own, started at the first ``next()``.
+
+    With ``backend="auto"`` the pool is chosen after measuring the first
+    items in the calling thread (see ``_auto``).
+    """
+    pools: list[Pool] = []
+
+    def pool_for(backend: Any, workers: int | None) -> Pool:
+        pool = Pool(
+            workers,
+            backend,
+            initializer=pool_options.initializer,
+            initargs=pool_options.initargs,
+            start_method=pool_options.start_method,
+            max_tasks_per_worker=pool_options.max_tasks_per_worker,
+        )
+        pools.append(pool)
+        return pool
+
     try:
-        yield from pool._stream(fn, items, run, ordered)
+        if pool_options.backend == "auto":
+            check_callable(fn)
+            lane = _auto_lane(pool_options, fn, items, run, pool_for)
+            yield from drive(lane, Call(fn), items, run, ordered)
+        else:
+            yield from pool_for(pool_options.backend, pool_options.workers)._stream(fn, items, run, ordered)
     except GeneratorExit:
-        pool._terminate(wait=True)
+        for pool in pools:
+            pool._terminate(wait=True)
         raise
     except BaseException:
-        pool._terminate(wait=pool.backend == "process")  # a thread's item cannot be stopped
+        for pool in pools:
+            pool._terminate(wait=pool.backend == "process")  # a thread's item cannot be stopped
         raise
     else:
-        pool.shutdown(wait=True)
+        for pool in pools:
+            pool.shutdown(wait=True)
+
+
+def _auto_lane(
+    pool_options: PoolOptions,
+    fn: Callable[..., Any],
+    items: Iterable[Any],
+    run: RunOptions,
+    pool_for: Callable[[Any, int | None], Pool],
+) -> AutoLane:
+    inline = pool_for("serial", None)._new_lane()  # the measured items run here, after the initializer
+    return AutoLane(
+        fn,
+        total=length_of(items),
+        workers=pool_options.workers,
+        inline=inline,
+        make_lane=lambda plan: pool_for(plan.backend, plan.workers)._new_lane(),
+        policy=run.policy,
+    )
+
+
+def explain(fn: Callable[..., Any], items: Iterable[Any], *, workers: int | None = None, **options: Any) -> Plan:
+    """What ``backend="auto"`` would choose for ``fn`` over ``items``, and why.
+
+    Runs only the few first items it needs to measure, in the calling thread
+    (an iterator passed as ``items`` loses them); starts no worker. The
+    result prints as a short report; see ``Plan``.
+    """
+    check_callable(fn)
+    policy = make_policy(**{k: options.pop(k) for k in RUN_OPTION_NAMES[3:] if k in options})
+    pool_options = PoolOptions(workers=workers, **options)
+    plans: list[Plan] = []
+    serial = Pool(1, "serial", initializer=pool_options.initializer, initargs=pool_options.initargs)
+    lane = AutoLane(
+        fn, total=length_of(items), workers=workers, inline=serial._new_lane(), make_lane=plans.append, policy=policy
+    )
+    source = Feeder(items)
+    call = Call(fn)
+    while lane.plan is None and not source.exhausted:
+        lane.submit(call, source.take(lane.measurer.wanted()), policy)
+    serial.shutdown()
+    if source.error is not None and lane.measurer.measured == 0:
+        raise source.error
+    return lane.finish_measuring()

@@ -294,14 +294,15 @@ class Pool(Executor):
         check_callable(fn)
         with self._lock:
             self._check_open()
-        lane: Lane
+        if self._engine is None and options.policy.timeout is not None:
+            raise ValueError(_SERIAL_TIMEOUT)
+        return drive(self._new_lane(), Call(fn), items, options, ordered)
+
+    def _new_lane(self) -> Lane:
+        """Where one stream's batches go: the engine, or the caller's thread."""
         if self._engine is None:
-            if options.policy.timeout is not None:
-                raise ValueError(_SERIAL_TIMEOUT)
-            lane = InlineLane(self._initialize_inline)
-        else:
-            lane = EngineLane(self._engine, self._size, self._ids)
-        return drive(lane, Call(fn), items, options, ordered)
+            return InlineLane(self._initialize_inline)
+        return EngineLane(self._engine, self._size, self._ids)
 
     # ------------------------------------------------------------ internals
     def _initialize_inline(self) -> None:

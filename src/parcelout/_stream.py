@@ -36,7 +36,12 @@ _groups = itertools.count(1)
 class Lane(Protocol):
     """Where a stream's batches run and its results come back from."""
 
-    workers: int
+    @property
+    def workers(self) -> int: ...
+
+    @property
+    def inline(self) -> bool:
+        """Whether it runs each batch in the caller's thread when submitted."""
 
     def submit(self, call: Call, items: list[tuple[int, Any]], policy: Policy) -> None: ...
 
@@ -46,6 +51,8 @@ class Lane(Protocol):
 
 
 class EngineLane:
+    inline = False
+
     def __init__(self, engine: Engine, workers: int, ids: Iterator[int]) -> None:
         self.workers = workers
         self._engine = engine
@@ -72,6 +79,7 @@ class InlineLane:
     """
 
     workers = 1
+    inline = True
 
     def __init__(self, prepare: Callable[[], None] = lambda: None) -> None:
         self._done: deque[BatchResult] = deque()
@@ -120,7 +128,7 @@ def window_and_batch(lane: Lane, size: int, window: int | None) -> tuple[int, in
     a batch is only sent whole: topping up the window item by item would
     shrink every batch to one item.
     """
-    if isinstance(lane, InlineLane):
+    if lane.inline:
         limit = min(size, window) if window else size
         return limit, limit
     limit = default_window(lane.workers, size)
@@ -148,6 +156,7 @@ def drive(
     in_flight = 0  # taken from the input, not yet yielded
     try:
         while True:
+            batcher.workers = lane.workers  # an auto lane knows its workers once it has chosen
             window, want = window_and_batch(lane, batcher.size, options.window)
             while window - in_flight >= want and not feeder.exhausted:
                 chunk = feeder.take(want)

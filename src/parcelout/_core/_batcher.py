@@ -19,13 +19,20 @@ UNKNOWN_LENGTH_CAP = 4096
 class Batcher:
     def __init__(self, workers: int, chunksize: int | None = None, total: int | None = None) -> None:
         self._fixed = chunksize
-        self._cap = UNKNOWN_LENGTH_CAP if total is None else max(1, math.ceil(total / (4 * workers)))
+        self._total = total
+        self.workers = workers
         self._per_item: float | None = None
         self._size = chunksize or 1
 
     @property
     def size(self) -> int:
         return self._size
+
+    @property
+    def _cap(self) -> int:
+        if self._total is None:
+            return UNKNOWN_LENGTH_CAP
+        return max(1, math.ceil(self._total / (4 * self.workers)))
 
     def observe(self, items: int, seconds: float) -> None:
         """Learn from a finished batch of ``items`` that took ``seconds``."""

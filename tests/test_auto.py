@@ -1,0 +1,172 @@
+"""``backend="auto"``: the classifier on synthetic functions of each kind, and
+the promise that the items it measures are not wasted."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import parcelout
+from parcelout._auto import TINY_SECONDS
+from parcelout._options import usable_cpus
+
+BUFFER = b"\x5a" * (1 << 20)
+two_cpus = pytest.mark.skipif(usable_cpus() < 2, reason="telling threads from processes needs two CPUs")
+
+
+def tiny(x: int) -> int:
+    return x + 1
+
+
+def waits(x: int) -> int:
+    threading.Event().wait(0.005)  # the work itself: waiting, not computing
+    return x
+
+
+def releases_the_gil(x: int) -> int:
+    digest = hashlib.sha256()
+    for _ in range(4):
+        digest.update(BUFFER)  # hashlib releases the GIL over large buffers
+    return digest.digest()[x % 32]
+
+
+def holds_the_gil(x: int) -> int:
+    total = 0
+    for i in range(40_000):  # about 2 ms of pure Python
+        total += (i * x) % 7
+    return total
+
+
+def takes_a_lock(lock: object) -> int:
+    return holds_the_gil(3)
+
+
+def test_tiny_work_runs_serially() -> None:
+    plan = parcelout.explain(tiny, range(100_000))
+    assert plan.backend == "serial"
+    assert plan.workers == 1
+    assert plan.measurements.seconds_per_item < TINY_SECONDS
+
+
+def test_waiting_work_runs_on_more_threads_than_cpus() -> None:
+    plan = parcelout.explain(waits, range(1000))
+    assert plan.backend == "thread"
+    assert plan.workers > usable_cpus()
+    assert plan.workers <= 32
+    assert plan.measurements.cpu_fraction < 0.5
+
+
+@two_cpus
+def test_gil_releasing_work_runs_on_threads() -> None:
+    plan = parcelout.explain(releases_the_gil, range(1000))
+    assert plan.backend == "thread", str(plan)
+    assert plan.workers == usable_cpus()
+    assert plan.measurements.parallel_speedup is not None
+
+
+@two_cpus
+def test_gil_holding_work_runs_on_processes() -> None:
+    plan = parcelout.explain(holds_the_gil, range(1000))
+    assert plan.backend == "process", str(plan)
+    assert plan.workers == usable_cpus()
+    assert plan.chunksize is not None
+    assert plan.chunksize >= 1
+
+
+@two_cpus
+def test_a_short_gil_holding_run_stays_serial() -> None:
+    plan = parcelout.explain(holds_the_gil, range(12))
+    assert plan.backend == "serial", str(plan)
+
+
+@two_cpus
+def test_gil_holding_work_on_unpicklable_items_runs_on_threads() -> None:
+    plan = parcelout.explain(takes_a_lock, [threading.Lock() for _ in range(500)])
+    assert plan.backend == "thread", str(plan)
+    assert "pickled" in plan.reason
+
+
+def test_a_timeout_chooses_process_workers_without_measuring() -> None:
+    calls = []
+
+    def record(x: int) -> int:
+        calls.append(x)
+        return x
+
+    plan = parcelout.explain(record, range(100), timeout=5)
+    assert plan.backend == "process"
+    assert calls == []
+
+
+def test_explain_takes_only_the_items_it_measures() -> None:
+    taken = 0
+
+    def endless() -> Iterator[int]:
+        nonlocal taken
+        while True:
+            taken += 1
+            yield taken
+
+    plan = parcelout.explain(tiny, endless())
+    assert plan.backend == "serial"
+    assert 0 < taken <= plan.measurements.items + 1
+
+
+def test_a_plan_prints_as_a_readable_report() -> None:
+    text = str(parcelout.explain(waits, range(100)))
+    assert text.startswith("backend=thread workers=")
+    assert "because items wait" in text
+    assert "per item" in text
+
+
+def test_explain_honours_workers() -> None:
+    assert parcelout.explain(waits, range(100), workers=3).workers == 3
+
+
+def count_run(directory: str, x: int) -> int:
+    """Each run leaves a file: a count of runs that works across processes."""
+    fd = os.open(os.path.join(directory, f"{x}-{os.getpid()}-{threading.get_ident()}"), os.O_CREAT | os.O_EXCL)
+    os.close(fd)
+    return holds_the_gil(x) if x % 2 else x
+
+
+def test_the_measured_items_are_not_run_again(tmp_path: Path) -> None:
+    values = parcelout.map(functools.partial(count_run, str(tmp_path)), range(300))
+    assert values == [holds_the_gil(x) if x % 2 else x for x in range(300)]
+    runs = sorted(int(name.split("-")[0]) for name in os.listdir(tmp_path))
+    assert runs == list(range(300))  # each item ran exactly once, measured or not
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_auto_keeps_every_outcome_with_failures_among_the_measured(ordered: bool) -> None:
+    def fails_on_sevens(x: int) -> int:
+        if x % 7 == 0:
+            raise ValueError(x)
+        return holds_the_gil(1) + x
+
+    run = parcelout.imap if ordered else parcelout.imap_unordered
+    outcomes = list(run(fails_on_sevens, range(200), on_error="return"))
+    assert len(outcomes) == 200
+    failed = sorted(o.index for o in outcomes if isinstance(o, parcelout.Failure))
+    assert failed == list(range(0, 200, 7))
+    if ordered:
+        assert [o for o in outcomes if not isinstance(o, parcelout.Failure)] == [
+            holds_the_gil(1) + x for x in range(200) if x % 7
+        ]
+
+
+def test_auto_runs_the_initializer_in_the_calling_thread_for_what_it_measures() -> None:
+    seen: list[int] = []
+
+    def remember() -> None:
+        seen.append(threading.get_ident())
+
+    values = parcelout.map(tiny, range(5000), initializer=remember)
+    assert values == [x + 1 for x in range(5000)]
+    assert seen == [threading.get_ident()]  # serial: once, here
