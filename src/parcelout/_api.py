@@ -18,7 +18,7 @@ from parcelout._core._messages import DEFAULT_POLICY, Call
 from parcelout._failure import Failure
 from parcelout._options import RUN_OPTION_NAMES, OnError, PoolOptions, ProgressSpec, RetryOn, RunOptions, make_policy
 from parcelout._pool import Pool, check_callable
-from parcelout._stream import drive, length_of
+from parcelout._stream import Lane, drive_batches, length_of
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -128,6 +128,52 @@ def imap(
             note naming the item; or the input iterator's own exception, after
             the results before it.
     """
+    batches = _batches(
+        fn,
+        items,
+        ordered=True,
+        workers=workers,
+        backend=backend,
+        chunksize=chunksize,
+        window=window,
+        on_error=on_error,
+        initializer=initializer,
+        initargs=initargs,
+        progress=progress,
+        start_method=start_method,
+        max_tasks_per_worker=max_tasks_per_worker,
+        timeout=timeout,
+        retries=retries,
+        retry_on=retry_on,
+        backoff=backoff,
+        max_crashes=max_crashes,
+    )
+    return _flat(batches)
+
+
+def _batches(
+    fn: Callable[..., Any],
+    items: Iterable[Any],
+    *,
+    ordered: bool,
+    workers: int | None = None,
+    backend: str | BackendFactory = "auto",
+    chunksize: int | None = None,
+    window: int | None = None,
+    on_error: OnError = "raise",
+    initializer: Callable[..., object] | None = None,
+    initargs: tuple[Any, ...] = (),
+    progress: ProgressSpec = False,
+    start_method: str | None = None,
+    max_tasks_per_worker: int | None = None,
+    timeout: float | None = None,
+    retries: int = 0,
+    retry_on: RetryOn | None = None,
+    backoff: float = 0.0,
+    max_crashes: int = DEFAULT_POLICY.max_crashes,
+) -> Generator[list[Any], None, None]:
+    """Check every option now, at the call; return the stream, a list of
+    outcomes at a time."""
     check_callable(fn)
     pool_options = PoolOptions(
         workers=workers,
@@ -141,7 +187,16 @@ def imap(
     if timeout is not None and pool_options.kind == "serial":
         raise ValueError("timeout needs thread or process workers: the serial backend cannot stop an item")
     run = RunOptions(chunksize, window, on_error, progress, policy)
-    return _owned(pool_options, fn, items, run, ordered=True)
+    return _owned(pool_options, fn, items, run, ordered=ordered)
+
+
+def _flat(batches: Generator[list[Any], None, None]) -> Generator[Any, None, None]:
+    """One outcome at a time; closing this closes the stream."""
+    try:
+        for outcomes in batches:
+            yield from outcomes
+    finally:
+        batches.close()
 
 
 @overload
@@ -164,13 +219,7 @@ def imap_unordered(
     fn: Callable[[T], R], items: Iterable[T], *, on_error: OnError = "raise", **options: Any
 ) -> Generator[Any, None, None]:
     """As ``imap``, with results in the order they complete. Same options."""
-    check_callable(fn)
-    pool_options = PoolOptions(**{k: v for k, v in options.items() if k not in RUN_OPTION_NAMES})
-    run = {k: options[k] for k in ("chunksize", "window", "progress") if k in options}
-    policy = make_policy(**{k: options[k] for k in RUN_OPTION_NAMES[3:] if k in options})
-    if policy.timeout is not None and pool_options.kind == "serial":
-        raise ValueError("timeout needs thread or process workers: the serial backend cannot stop an item")
-    return _owned(pool_options, fn, items, RunOptions(on_error=on_error, policy=policy, **run), ordered=False)
+    return _flat(_batches(fn, items, ordered=False, on_error=on_error, **options))
 
 
 @overload
@@ -191,12 +240,15 @@ def map(
 ) -> list[R | Failure[T]]: ...
 def map(fn: Callable[[T], R], items: Iterable[T], *, on_error: OnError = "raise", **options: Any) -> list[Any]:
     """``list(imap(fn, items, ...))``. Same options."""
-    return list(imap(fn, items, on_error=on_error, **options))
+    out: list[Any] = []
+    for outcomes in _batches(fn, items, ordered=True, on_error=on_error, **options):
+        out.extend(outcomes)
+    return out
 
 
 def _owned(
     pool_options: PoolOptions, fn: Callable[..., Any], items: Iterable[Any], run: RunOptions, ordered: bool
-) -> Generator[Any, None, None]:
+) -> Generator[list[Any], None, None]:
     """A stream over a pool of its own, started at the first ``next()``.
 
     With ``backend="auto"`` the pool is chosen after measuring the first
@@ -217,12 +269,12 @@ def _owned(
         return pool
 
     try:
+        lane: Lane
         if pool_options.backend == "auto":
-            check_callable(fn)
             lane = _auto_lane(pool_options, fn, items, run, pool_for)
-            yield from drive(lane, Call(fn), items, run, ordered)
         else:
-            yield from pool_for(pool_options.backend, pool_options.workers)._stream(fn, items, run, ordered)
+            lane = pool_for(pool_options.backend, pool_options.workers)._new_lane()
+        yield from drive_batches(lane, Call(fn), items, run, ordered)
     except GeneratorExit:
         for pool in pools:
             pool._terminate(wait=True)

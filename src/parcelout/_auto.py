@@ -392,6 +392,9 @@ class AutoLane:
         if self._lane is not None:
             self._lane.cancel()
 
+    def serial_now(self) -> bool:
+        return self._lane is self._inline and not self._done and self._inline.serial_now()
+
     def finish_measuring(self) -> Plan:
         """The plan, deciding now if the input ended before the measurement."""
         plan = self.measurer.finish()

@@ -49,6 +49,10 @@ class Lane(Protocol):
 
     def cancel(self) -> None: ...
 
+    def serial_now(self) -> bool:
+        """True if items run in the caller's thread from now on (the initializer,
+        if any, has run): the stream may then call the function itself."""
+
 
 class EngineLane:
     inline = False
@@ -69,6 +73,9 @@ class EngineLane:
 
     def cancel(self) -> None:
         self._engine.post(CancelGroup(self._group))
+
+    def serial_now(self) -> bool:
+        return False
 
 
 class InlineLane:
@@ -113,6 +120,10 @@ class InlineLane:
     def cancel(self) -> None:
         pass
 
+    def serial_now(self) -> bool:
+        self._prepare()
+        return True
+
 
 def default_window(workers: int, batch_size: int) -> int:
     """Enough items for every worker to hold a batch, another queued, and more
@@ -147,15 +158,35 @@ def drive(
     lane: Lane, call: Call, items: Iterable[Any], options: RunOptions, ordered: bool
 ) -> Generator[Any, None, None]:
     """Yield each item's result (or Failure), in input order if ``ordered``."""
+    for outcomes in drive_batches(lane, call, items, options, ordered):
+        yield from outcomes
+
+
+def drive_batches(
+    lane: Lane, call: Call, items: Iterable[Any], options: RunOptions, ordered: bool
+) -> Generator[list[Any], None, None]:
+    """As ``drive``, a list of outcomes at a time (what one batch released)."""
     total = length_of(items)
     feeder = Feeder(items)
     batcher = Batcher(lane.workers, options.chunksize, total)
     collector = Collector(ordered)
     progress = Progress(options.progress, total)
     on_error = options.on_error
+    # A plain run that stays in this thread can skip the batch machinery.
+    plain = on_error == "raise" and options.progress is False and options.policy.retries == 0
     in_flight = 0  # taken from the input, not yet yielded
     try:
         while True:
+            if plain and in_flight == 0 and not feeder.exhausted and lane.serial_now():
+                size = min(batcher.size, options.window) if options.window else batcher.size
+                start = time.perf_counter()
+                values, failed = _run_here(call.fn, feeder, size)
+                batcher.observe(len(values) + (failed is not None), time.perf_counter() - start)
+                if values:
+                    yield values
+                if failed is not None:
+                    raise failed
+                continue
             batcher.workers = lane.workers  # an auto lane knows its workers once it has chosen
             window, want = window_and_batch(lane, batcher.size, options.window)
             while window - in_flight >= want and not feeder.exhausted:
@@ -169,17 +200,52 @@ def drive(
             if result.elapsed > 0:
                 batcher.observe(len(result.values), result.elapsed)
             progress.advance(len(result.batch.items))
-            for index, item, ok, value, attempts in collector.add(result):
-                in_flight -= 1
-                if ok:
-                    yield value
-                elif on_error == "raise":
-                    value.add_note(f"parcelout: raised by item {index} ({describe_item(item)})")
-                    raise value
-                elif on_error == "return":
-                    yield Failure(index, item, value, kind_of(value), attempts)
+            if not result.errors and collector.releases_whole(result):
+                in_flight -= len(result.values)
+                yield list(result.values)
+                continue
+            released, count, failed = _release(collector, result, on_error)
+            in_flight -= count
+            if released:
+                yield released
+            if failed is not None:
+                raise failed
         if feeder.error is not None:
             raise feeder.error
     finally:
         lane.cancel()
         progress.close()
+
+
+def _release(collector: Collector, result: BatchResult, on_error: str) -> tuple[list[Any], int, BaseException | None]:
+    """The outcomes ``result`` releases, how many, and the failure to raise
+    (``on_error="raise"``: the outcomes stop before it)."""
+    released: list[Any] = []
+    count = 0
+    for index, item, ok, value, attempts in collector.add(result):
+        count += 1
+        if ok:
+            released.append(value)
+        elif on_error == "raise":
+            value.add_note(f"parcelout: raised by item {index} ({describe_item(item)})")
+            return released, count, value
+        elif on_error == "return":
+            released.append(Failure(index, item, value, kind_of(value), attempts))
+    return released, count, None
+
+
+def _run_here(fn: Callable[[Any], Any], feeder: Feeder[Any], size: int) -> tuple[list[Any], BaseException | None]:
+    """Run the next ``size`` items in this thread at the speed of a plain
+    loop: their results, up to the first exception, and that exception."""
+    start = feeder.taken
+    items = feeder.take_items(size)
+    values: list[Any] = []
+    try:
+        values.extend(map(fn, items))  # what extend took stays in values if fn raises
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        pos = len(values)
+        exc.add_note(f"parcelout: raised by item {start + pos} ({describe_item(items[pos])})")
+        return values, exc
+    return values, None

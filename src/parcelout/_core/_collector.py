@@ -29,6 +29,16 @@ class Collector:
         """Results received but not yet released (ordered mode)."""
         return len(self._held)
 
+    def releases_whole(self, result: BatchResult) -> bool:
+        """True if ``result`` is next in order (or order does not matter) and
+        nothing is held: then all its values go out as they are, and it is
+        counted as released."""
+        if self._ordered:
+            if self._held or not result.batch.items or result.batch.items[0][0] != self._next:
+                return False
+            self._next += len(result.batch.items)
+        return True
+
     def add(self, result: BatchResult) -> Iterator[Outcome]:
         """The outcomes that ``result`` releases, in the order to yield them."""
         if not self._ordered:

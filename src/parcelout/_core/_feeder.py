@@ -23,6 +23,12 @@ class Feeder(Generic[T]):
 
     def take(self, n: int) -> list[tuple[int, T]]:
         """Up to ``n`` more ``(index, item)`` pairs; fewer only at the end."""
+        start = self.taken
+        got = self.take_items(n)
+        return list(zip(range(start, self.taken), got, strict=True))
+
+    def take_items(self, n: int) -> list[T]:
+        """Up to ``n`` more items, numbered from ``taken``; fewer only at the end."""
         got: list[T] = []
         if self.exhausted or n <= 0:
             return []
@@ -40,5 +46,5 @@ class Feeder(Generic[T]):
             self.exhausted = True
         else:
             self.exhausted = len(got) < n
-        start, self.taken = self.taken, self.taken + len(got)
-        return list(zip(range(start, self.taken), got, strict=True))
+        self.taken += len(got)
+        return got
