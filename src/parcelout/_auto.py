@@ -56,6 +56,7 @@ WAITING_CPU_FRACTION = 0.5
 # Two threads at once at least this much faster than one after the other: the
 # function releases the GIL.
 GIL_FREE_SPEEDUP = 1.4
+CLEARLY_GIL_FREE_SPEEDUP = 1.6
 # Each of the two probing threads runs about this long.
 PROBE_SECONDS = 0.02
 # Probing threads that slept this often per switch interval took turns at the GIL.
@@ -288,11 +289,14 @@ class Measurer:
     def _decide_compute(self) -> None:
         per = self._per_item()
         cpus = usable_cpus()
-        # Both signs must say so: taking a GIL-bound function for a GIL-free
-        # one would lose all parallelism; the reverse only some speed.
-        gil_free = self._speedup is not None and self._speedup >= GIL_FREE_SPEEDUP
-        if self._gil_waits is not None:  # where the kernel counts a thread's sleeps
-            gil_free = gil_free and self._gil_waits < GIL_WAITS_PER_INTERVAL
+        # Two threads that clearly ran at once say enough. Short of that (a
+        # busy machine), the threads must also have hardly slept, as threads
+        # taking turns at the GIL do. Taking a GIL-bound function for a
+        # GIL-free one would lose all parallelism; the reverse only some speed.
+        speedup = self._speedup or 0.0
+        gil_free = speedup >= CLEARLY_GIL_FREE_SPEEDUP or (
+            speedup >= GIL_FREE_SPEEDUP and self._gil_waits is not None and self._gil_waits < GIL_WAITS_PER_INTERVAL
+        )
         if gil_free and self._speedup is not None:
             how = f"two threads ran it {self._speedup:.2f} at a time"
             self._set("thread", cpus, f"{how}: it releases the GIL")
