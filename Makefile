@@ -17,6 +17,10 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	touch $@
+
 demo: $(VENV)/.installed
 	$(BIN)/parcelout demo
 
@@ -27,6 +31,12 @@ lint: $(VENV)/.installed-test
 
 test: lint
 	$(BIN)/python -m pytest
+
+# parcelout against its peers (needs ../shared/bench beside the repository);
+# prints the tables, writes benchmarks/results.md and benchmarks/ratios.png.
+# `make bench BENCH_ARGS='--scale 0.1 --repeat 1'` for a quick pass.
+bench: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .venv .venv-* build dist

@@ -57,6 +57,8 @@ WAITING_CPU_FRACTION = 0.5
 # function releases the GIL.
 GIL_FREE_SPEEDUP = 1.4
 CLEARLY_GIL_FREE_SPEEDUP = 1.6
+# Fewer items left than this are not worth a probe (nor workers).
+MIN_PROBE_ITEMS = 4
 # Each of the two probing threads runs about this long.
 PROBE_SECONDS = 0.02
 # Probing threads that slept this often per switch interval took turns at the GIL.
@@ -264,6 +266,9 @@ class Measurer:
     def _cpu_fraction(self) -> float:
         return min(1.0, self._cpu / self._wall) if self._wall > 0 else 1.0
 
+    def _remaining_items(self) -> float:
+        return math.inf if self._total is None else self._total - self.measured
+
     def _remaining_seconds(self) -> float:
         if self._total is None:
             return math.inf
@@ -281,8 +286,8 @@ class Measurer:
             self._set("thread", cpus, "the interpreter has no GIL, so threads compute in parallel")
         elif cpus < 2:
             self._set("serial", 1, "only one CPU is usable and the work computes")
-        elif final or self._remaining_seconds() < PROCESS_WORTH_SECONDS:
-            self._decide_compute()  # too little left to probe, or to gain from workers
+        elif final or self._remaining_items() < MIN_PROBE_ITEMS:
+            self._decide_compute()  # too few items left to tell
         else:
             self.probing = True  # the next items run on two threads at once
 
