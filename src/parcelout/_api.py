@@ -16,9 +16,9 @@ from parcelout._core._engine import BackendFactory
 from parcelout._core._feeder import Feeder
 from parcelout._core._messages import DEFAULT_POLICY, Call
 from parcelout._failure import Failure
-from parcelout._options import RUN_OPTION_NAMES, OnError, PoolOptions, ProgressSpec, RetryOn, RunOptions, make_policy
+from parcelout._options import POLICY_OPTION_NAMES, OnError, PoolOptions, ProgressSpec, RetryOn, RunOptions, make_policy
 from parcelout._pool import Pool, check_callable
-from parcelout._stream import Lane, drive_batches, length_of
+from parcelout._stream import Lane, drive_batches, flatten, length_of
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -148,7 +148,7 @@ def imap(
         backoff=backoff,
         max_crashes=max_crashes,
     )
-    return _flat(batches)
+    return flatten(batches)
 
 
 def _batches(
@@ -190,15 +190,6 @@ def _batches(
     return _owned(pool_options, fn, items, run, ordered=ordered)
 
 
-def _flat(batches: Generator[list[Any], None, None]) -> Generator[Any, None, None]:
-    """One outcome at a time; closing this closes the stream."""
-    try:
-        for outcomes in batches:
-            yield from outcomes
-    finally:
-        batches.close()
-
-
 @overload
 def imap_unordered(
     fn: Callable[[T], R],
@@ -219,7 +210,7 @@ def imap_unordered(
     fn: Callable[[T], R], items: Iterable[T], *, on_error: OnError = "raise", **options: Any
 ) -> Generator[Any, None, None]:
     """As ``imap``, with results in the order they complete. Same options."""
-    return _flat(_batches(fn, items, ordered=False, on_error=on_error, **options))
+    return flatten(_batches(fn, items, ordered=False, on_error=on_error, **options))
 
 
 @overload
@@ -314,7 +305,7 @@ def explain(fn: Callable[..., Any], items: Iterable[Any], *, workers: int | None
     result prints as a short report; see ``Plan``.
     """
     check_callable(fn)
-    policy = make_policy(**{k: options.pop(k) for k in RUN_OPTION_NAMES[3:] if k in options})
+    policy = make_policy(**{k: options.pop(k) for k in POLICY_OPTION_NAMES if k in options})
     pool_options = PoolOptions(workers=workers, **options)
     plans: list[Plan] = []
     serial = Pool(1, "serial", initializer=pool_options.initializer, initargs=pool_options.initargs)

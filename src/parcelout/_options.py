@@ -16,16 +16,7 @@ BACKEND_NAMES = ("auto", "serial", "thread", "process")
 START_METHODS = ("fork", "forkserver", "spawn")
 ProgressSpec = bool | Callable[[int, int | None], object]
 RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], object]
-RUN_OPTION_NAMES = (
-    "chunksize",
-    "window",
-    "progress",
-    "timeout",
-    "retries",
-    "retry_on",
-    "backoff",
-    "max_crashes",
-)
+POLICY_OPTION_NAMES = ("timeout", "retries", "retry_on", "backoff", "max_crashes")  # make_policy's
 
 
 def usable_cpus() -> int:

@@ -23,7 +23,6 @@ from parcelout._core._collector import Collector
 from parcelout._core._engine import Engine
 from parcelout._core._feeder import Feeder
 from parcelout._core._messages import Batch, BatchResult, Call, CancelGroup, Policy, Submitted
-from parcelout._core._scheduler import retry_wanted
 from parcelout._failure import Failure, kind_of
 from parcelout._options import RunOptions
 from parcelout._progress import Progress
@@ -100,10 +99,10 @@ class InlineLane:
         attempts: dict[int, int] = {}
         for pos in sorted(errors):
             attempt = 1
-            while attempt <= policy.retries and retry_wanted(policy, errors[pos]):
+            while policy.retries_after(attempt, errors[pos]):
                 if policy.backoff:
                     # The back-off is the point here: a delay, not a wait for an event.
-                    time.sleep(policy.backoff * 2 ** (attempt - 1))  # noqa: TID251
+                    time.sleep(policy.backoff_before(attempt))  # noqa: TID251
                 attempt += 1
                 again, again_errors, _ = run_batch(call.fn, call.star, [payloads[pos]], interruptible=True)
                 if not again_errors:
@@ -158,8 +157,16 @@ def drive(
     lane: Lane, call: Call, items: Iterable[Any], options: RunOptions, ordered: bool
 ) -> Generator[Any, None, None]:
     """Yield each item's result (or Failure), in input order if ``ordered``."""
-    for outcomes in drive_batches(lane, call, items, options, ordered):
-        yield from outcomes
+    return flatten(drive_batches(lane, call, items, options, ordered))
+
+
+def flatten(batches: Generator[list[Any], None, None]) -> Generator[Any, None, None]:
+    """One outcome at a time from a stream of lists; closing this closes the stream."""
+    try:
+        for outcomes in batches:
+            yield from outcomes
+    finally:
+        batches.close()
 
 
 def drive_batches(

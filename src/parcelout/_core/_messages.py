@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -59,6 +60,20 @@ class Policy:
     retry_on: Callable[[BaseException], bool] = _retry_any
     backoff: float = 0.0
     max_crashes: int = 3
+
+    def retries_after(self, attempt: int, error: BaseException) -> bool:
+        """Whether an item that failed with ``error`` on run ``attempt`` runs
+        again (a ``retry_on`` that raises says no; a cancellation never)."""
+        if attempt > self.retries or isinstance(error, CancelledError):
+            return False
+        try:
+            return bool(self.retry_on(error))
+        except Exception:
+            return False
+
+    def backoff_before(self, attempt: int) -> float:
+        """Seconds to wait before the run after run ``attempt``."""
+        return self.backoff * 2.0 ** (attempt - 1)
 
 
 DEFAULT_POLICY = Policy()

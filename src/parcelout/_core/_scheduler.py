@@ -55,7 +55,6 @@ from parcelout._core._messages import (
     Instruction,
     ItemStarted,
     KillWorker,
-    Policy,
     Send,
     Shutdown,
     StartWorker,
@@ -217,7 +216,7 @@ class Scheduler:
         """Deliver a finished batch, less the failed items its policy retries."""
         batch, values, errors = result.batch, result.values, result.errors
         policy = batch.policy
-        retry = [p for p in sorted(errors) if batch.attempt <= policy.retries and retry_wanted(policy, errors[p])]
+        retry = [p for p in sorted(errors) if policy.retries_after(batch.attempt, errors[p])]
         if not retry:
             out.append(Deliver(result))
             return
@@ -331,8 +330,7 @@ class Scheduler:
         self._pending.extendleft(reversed(requeue))
         crashes = culprit_batch.crashes + crashed
         policy = culprit_batch.policy
-        may_retry = culprit_batch.attempt <= policy.retries and retry_wanted(policy, error)
-        if may_retry and crashes < policy.max_crashes:
+        if policy.retries_after(culprit_batch.attempt, error) and crashes < policy.max_crashes:
             self._retry(dataclasses.replace(culprit_batch, crashes=crashes), worker.id)
         else:
             out.append(Deliver(BatchResult(dataclasses.replace(culprit_batch, crashes=crashes), [None], {0: error})))
@@ -341,7 +339,7 @@ class Scheduler:
         """Queue ``batch`` (one failed item) to run again, after its back-off,
         preferably not on the worker it failed on."""
         again = dataclasses.replace(batch, attempt=batch.attempt + 1, avoid=worker_id)
-        delay = again.policy.backoff * 2 ** (batch.attempt - 1)
+        delay = again.policy.backoff_before(batch.attempt)
         if delay > 0:
             heapq.heappush(self._delayed, (self._clock() + delay, next(self._delay_order), again))
         else:
@@ -450,16 +448,6 @@ class Scheduler:
             if not worker.inflight and not worker.retiring:
                 worker.retiring = True
                 out.append(StopWorker(worker.id))
-
-
-def retry_wanted(policy: Policy, error: BaseException) -> bool:
-    """Whether the policy retries this error; a predicate that raises says no."""
-    if isinstance(error, CancelledError):
-        return False
-    try:
-        return bool(policy.retry_on(error))
-    except Exception:
-        return False
 
 
 def _one(batch: Batch, pos: int, new_id: int) -> Batch:
