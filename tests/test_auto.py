@@ -170,3 +170,14 @@ def test_auto_runs_the_initializer_in_the_calling_thread_for_what_it_measures() 
     values = parcelout.map(tiny, range(5000), initializer=remember)
     assert values == [x + 1 for x in range(5000)]
     assert seen == [threading.get_ident()]  # serial: once, here
+
+
+def worker_pid(_: int) -> int:
+    return os.getpid()
+
+
+def test_a_pool_cannot_measure_so_its_auto_means_processes() -> None:
+    with parcelout.Pool(2) as pool:
+        assert pool.backend == "process"
+        pids = set(pool.map(worker_pid, range(8)))
+    assert os.getpid() not in pids
