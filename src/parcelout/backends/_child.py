@@ -58,7 +58,7 @@ def main(conn: Connection, slot: Slot, init: bytes | None, stderr: Connection | 
         stderr.close()
     faulthandler.enable(all_threads=False)  # the crashing thread's stack, not the helpers'
     threading.Thread(target=_watch_memory, args=(slot,), daemon=True).start()
-    inbox: queue.SimpleQueue[tuple[bytes, bytes] | None] = queue.SimpleQueue()
+    inbox: queue.SimpleQueue[tuple[tuple[Any, ...], bytes, list[bytearray]] | None] = queue.SimpleQueue()
     threading.Thread(target=_receive, args=(conn, inbox), daemon=True).start()
     if init is not None:
         try:
@@ -71,7 +71,7 @@ def main(conn: Connection, slot: Slot, init: bytes | None, stderr: Connection | 
     _send(conn, ("ready",))
     fns: dict[int, Callable[..., Any] | BaseException] = {}
     while (message := inbox.get()) is not None:
-        _send(conn, _run(*message, fns, slot, conn))
+        _send(conn, *_run(message, fns, slot, conn))
 
 
 class _StartReporter:
@@ -107,19 +107,44 @@ def _peaks() -> tuple[int, int]:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, -1
 
 
-def _receive(conn: Connection, inbox: queue.SimpleQueue[tuple[bytes, bytes] | None]) -> None:
+def _receive(conn: Connection, inbox: queue.SimpleQueue[tuple[tuple[Any, ...], bytes, list[bytearray]] | None]) -> None:
     try:
         while (header := conn.recv_bytes()) != STOP:
-            inbox.put((header, conn.recv_bytes()))
+            fields = pickle.loads(header)
+            payload = conn.recv_bytes()
+            inbox.put((fields, payload, receive_buffers(conn, fields[-1])))
         inbox.put(None)
     except (EOFError, OSError):
         os._exit(0)  # the parent is gone: nobody is left to take results
 
 
+def receive_buffers(conn: Connection, sizes: list[int]) -> list[bytearray]:
+    """The out-of-band buffers sent after a message, each read straight into
+    its own ``bytearray`` (writable, as the sender's memory was)."""
+    buffers = []
+    for size in sizes:
+        buffer = bytearray(size)
+        conn.recv_bytes_into(buffer)
+        buffers.append(buffer)
+    return buffers
+
+
+def receive_message(conn: Connection) -> tuple[tuple[Any, ...], list[bytearray]]:
+    """A message from a worker (what ``_send`` sent): its tuple, and the
+    buffers a ``"done"`` reply lists last."""
+    reply: tuple[Any, ...] = pickle.loads(conn.recv_bytes())
+    return reply, receive_buffers(conn, reply[-1]) if reply[0] == "done" else []
+
+
 def _run(
-    header: bytes, payload: bytes, fns: dict[int, Callable[..., Any] | BaseException], slot: Slot, conn: Connection
-) -> tuple[Any, ...]:
-    batch_id, token, fn_bytes, star, n, report_starts = pickle.loads(header)
+    message: tuple[tuple[Any, ...], bytes, list[bytearray]],
+    fns: dict[int, Callable[..., Any] | BaseException],
+    slot: Slot,
+    conn: Connection,
+) -> tuple[tuple[Any, ...], list[memoryview]]:
+    fields, payload, buffers = message
+    del message
+    batch_id, token, fn_bytes, star, n, report_starts, _sizes = fields
     slot[0] = batch_id
     if report_starts:
         slot = _StartReporter(slot, conn, batch_id)
@@ -131,8 +156,9 @@ def _run(
     if isinstance(fn, BaseException):
         return _reply(batch_id, [None] * n, dict.fromkeys(range(n), fn), 0.0)
     payloads, errors = wire.decode(
-        payload, lambda _: "parcelout: the item could not be unpickled in the worker process"
+        payload, lambda _: "parcelout: the item could not be unpickled in the worker process", buffers
     )
+    del buffers  # the items own them now
     runnable = [pos for pos in range(n) if pos not in errors]
     if len(runnable) == n:
         values, errors, elapsed = run_batch(fn, star, payloads, slot)
@@ -145,19 +171,23 @@ def _run(
     return _reply(batch_id, values, errors, elapsed)
 
 
-def _reply(batch_id: int, values: list[Any], errors: dict[int, BaseException], elapsed: float) -> tuple[Any, ...]:
-    """``("done", batch_id, seconds, values, positions, exceptions)``: values and
-    exceptions encoded by ``_wire`` one by one, so one that cannot travel
-    fails only its own item."""
+def _reply(
+    batch_id: int, values: list[Any], errors: dict[int, BaseException], elapsed: float
+) -> tuple[tuple[Any, ...], list[memoryview]]:
+    """``("done", batch_id, seconds, values, positions, exceptions, sizes)``
+    and the values' large buffers (of those sizes): values and exceptions
+    encoded by ``_wire`` one by one, so one that cannot travel fails only its
+    own item."""
+    buffers: list[memoryview] = []
     blob, unpicklable = wire.encode(
-        values, lambda _: "parcelout: the item's result could not be pickled to send it back from the worker"
+        values, lambda _: "parcelout: the item's result could not be pickled to send it back from the worker", buffers
     )
     for pos, exc in unpicklable.items():
         values[pos] = None
         errors[pos] = exc
     positions = sorted(errors)
     failures, _ = wire.encode([transportable(errors[pos]) for pos in positions], lambda _: "")
-    return ("done", batch_id, elapsed, blob, positions, failures)
+    return ("done", batch_id, elapsed, blob, positions, failures, [b.nbytes for b in buffers]), buffers
 
 
 def _load_function(fn_bytes: bytes) -> Callable[..., Any] | BaseException:
@@ -187,5 +217,7 @@ def transportable(exc: BaseException) -> tuple[BaseException, str]:
     return exc, tb
 
 
-def _send(conn: Connection, reply: tuple[Any, ...]) -> None:
+def _send(conn: Connection, reply: tuple[Any, ...], buffers: list[memoryview] | None = None) -> None:
     conn.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+    for buffer in buffers or ():
+        conn.send_bytes(buffer)

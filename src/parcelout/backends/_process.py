@@ -138,15 +138,21 @@ class ProcessBackend:
             self._report(BatchDone(worker, batch.id, [None] * n, dict.fromkeys(range(n), fn_bytes), 0.0))
             return
         starts = batch.policy.timeout is not None
-        header = (batch.id, call.token, None if call.token in proc.known else fn_bytes, call.star, n, starts)
-        payload, errors = _encode_items(batch)
+        buffers: list[memoryview] = []
+        payload, errors = _encode_items(batch, buffers)
+        sizes = [buffer.nbytes for buffer in buffers]
+        header = (batch.id, call.token, None if call.token in proc.known else fn_bytes, call.star, n, starts, sizes)
         if errors:
             proc.send_errors[batch.id] = errors
         try:
             proc.conn.send_bytes(pickle.dumps(header, protocol=pickle.HIGHEST_PROTOCOL))
             proc.conn.send_bytes(payload)
-        except (OSError, ValueError):
-            return  # it died meanwhile; the reader reports it
+            for buffer in buffers:
+                proc.conn.send_bytes(buffer)
+        except (OSError, ValueError, TypeError):
+            # It died meanwhile and the reader, reaping it, closed the pipe
+            # (TypeError: closed halfway through a send). The reader reports it.
+            return
         proc.known.add(call.token)
 
     def stop_worker(self, worker: int) -> None:
@@ -240,11 +246,11 @@ class ProcessBackend:
 
     def _receive(self, proc: _Worker) -> None:
         try:
-            data = proc.conn.recv_bytes()
+            reply = _child.receive_message(proc.conn)
         except (EOFError, OSError):
             proc.eof = True  # its sentinel fires next
             return
-        self._handle(proc, data)
+        self._handle(proc, reply)
 
     def _reap(self, proc: _Worker) -> None:
         """The process is gone: take what it sent before it died, then report."""
@@ -252,10 +258,10 @@ class ProcessBackend:
             try:
                 if not proc.conn.poll():
                     break
-                data = proc.conn.recv_bytes()
+                reply = _child.receive_message(proc.conn)
             except (EOFError, OSError):
-                break
-            self._handle(proc, data)
+                break  # what it sent last was cut short: that batch runs again
+            self._handle(proc, reply)
         with _exit_status_lock:
             proc.process.join()
             exitcode = proc.process.exitcode
@@ -268,8 +274,8 @@ class ProcessBackend:
         detail = "" if exitcode == 0 or proc.kill_at is not None else _crash_detail(proc)
         self._report(WorkerExited(proc.id, exitcode, proc.slot[0], proc.slot[1], proc.ready, detail))
 
-    def _handle(self, proc: _Worker, data: bytes) -> None:
-        reply = pickle.loads(data)  # plain types only: the values inside are encoded apart
+    def _handle(self, proc: _Worker, message: tuple[tuple[Any, ...], list[bytearray]]) -> None:
+        reply, buffers = message  # plain types only: the values inside are encoded apart
         if reply[0] == "started":
             self._report(ItemStarted(proc.id, reply[1], reply[2]))
             return
@@ -279,9 +285,9 @@ class ProcessBackend:
         if reply[0] == "init_failed":
             self._report(InitFailed(proc.id, _failures(reply[1], [0])[0]))
             return
-        _, batch_id, elapsed, blob, positions, failures = reply
+        _, batch_id, elapsed, blob, positions, failures, _sizes = reply
         values, errors = wire.decode(
-            blob, lambda _: "parcelout: the item's result could not be unpickled in the parent process"
+            blob, lambda _: "parcelout: the item's result could not be unpickled in the parent process", buffers
         )
         errors.update(_failures(failures, positions))
         errors.update(proc.send_errors.pop(batch_id, {}))
@@ -409,9 +415,9 @@ def _function_bytes(call: Call) -> bytes | BaseException:
     return call.payload
 
 
-def _encode_items(batch: Batch) -> tuple[bytes, dict[int, BaseException]]:
-    """The batch's items as one message; those that cannot be pickled are
-    left out and come back as their pickling error."""
+def _encode_items(batch: Batch, buffers: list[memoryview]) -> tuple[bytes, dict[int, BaseException]]:
+    """The batch's items as one message (and their large ``buffers``); those
+    that cannot be pickled are left out and come back as their pickling error."""
     items = batch.items
 
     def note(pos: int) -> str:
@@ -422,4 +428,4 @@ def _encode_items(batch: Batch) -> tuple[bytes, dict[int, BaseException]]:
             return f"parcelout: {what} could not be pickled to send them to a process worker"
         return f"parcelout: item {index} ({describe_item(item)}) could not be pickled to send it to a process worker"
 
-    return wire.encode([item for _, item in items], note)
+    return wire.encode([item for _, item in items], note, buffers)
