@@ -7,13 +7,23 @@ no worker outlives its pool.
 from parcelout._api import explain, imap, imap_unordered, map
 from parcelout._auto import Plan
 from parcelout._failure import Failure
+from parcelout._journal import Journal
 from parcelout._pool import Pool
-from parcelout.errors import InitializerFailed, RemoteError, RemoteTraceback, TaskTimeout, WorkerCrashed
+from parcelout.errors import (
+    InitializerFailed,
+    JournalError,
+    RemoteError,
+    RemoteTraceback,
+    TaskTimeout,
+    WorkerCrashed,
+)
 
 __all__ = [
     "Failure",
     "Plan",
     "InitializerFailed",
+    "Journal",
+    "JournalError",
     "Pool",
     "RemoteError",
     "RemoteTraceback",
@@ -25,7 +35,7 @@ __all__ = [
     "map",
 ]
 
-for _name in ("imap", "imap_unordered", "map", "explain", "Failure", "Plan", "Pool"):
+for _name in ("imap", "imap_unordered", "map", "explain", "Failure", "Journal", "Plan", "Pool"):
     globals()[_name].__module__ = "parcelout"
 del _name
 

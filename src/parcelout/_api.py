@@ -8,6 +8,7 @@ dropped and process workers are killed.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Generator, Iterable
 from typing import Any, Literal, TypeVar, overload
 
@@ -16,6 +17,7 @@ from parcelout._core._engine import BackendFactory
 from parcelout._core._feeder import Feeder
 from parcelout._core._messages import DEFAULT_POLICY, Call
 from parcelout._failure import Failure
+from parcelout._journal import Journal
 from parcelout._options import POLICY_OPTION_NAMES, OnError, PoolOptions, ProgressSpec, RetryOn, RunOptions, make_policy
 from parcelout._pool import Pool, check_callable
 from parcelout._stream import Lane, drive_batches, flatten, length_of
@@ -44,6 +46,9 @@ def imap(
     retry_on: RetryOn | None = ...,
     backoff: float = ...,
     max_crashes: int = ...,
+    journal: str | os.PathLike[str] | Journal | None = ...,
+    key: Callable[[T], str | int] | None = ...,
+    retry_failed: bool = ...,
 ) -> Generator[R, None, None]: ...
 @overload
 def imap(
@@ -65,6 +70,9 @@ def imap(
     retry_on: RetryOn | None = ...,
     backoff: float = ...,
     max_crashes: int = ...,
+    journal: str | os.PathLike[str] | Journal | None = ...,
+    key: Callable[[T], str | int] | None = ...,
+    retry_failed: bool = ...,
 ) -> Generator[R | Failure[T], None, None]: ...
 def imap(
     fn: Callable[[T], R],
@@ -85,6 +93,9 @@ def imap(
     retry_on: RetryOn | None = None,
     backoff: float = 0.0,
     max_crashes: int = DEFAULT_POLICY.max_crashes,
+    journal: str | os.PathLike[str] | Journal | None = None,
+    key: Callable[[T], str | int] | None = None,
+    retry_failed: bool = False,
 ) -> Generator[Any, None, None]:
     """Apply ``fn`` to each item on a pool of workers; yield results in input order.
 
@@ -119,10 +130,19 @@ def imap(
         backoff: wait ``backoff * 2 ** (n - 1)`` seconds before the n-th retry.
         max_crashes: an item under which this many workers died fails for
             good (a poison item), whatever ``retries`` says.
+        journal: a SQLite file (or a ``parcelout.Journal``) recording the
+            run: run again with it, items done before are not run again and
+            their stored results are yielded in their place.
+        key: with a journal, what names an item across runs (item -> str or
+            int); by default its input index and a hash of its pickle.
+        retry_failed: with a journal, run again the items that failed before
+            (by default their stored failures are given again).
 
     Raises:
         TypeError: ``fn`` is not callable, or an option has the wrong type.
         ValueError: an option is out of range (``workers=0``...).
+        JournalError: the journal is in use by another run, damaged, or was
+            written by another function (at the first ``next()``).
         Exception: with ``on_error="raise"``, the first item's exception, with
             the worker's traceback as its ``__cause__`` (process workers) and a
             note naming the item; or the input iterator's own exception, after
@@ -147,6 +167,9 @@ def imap(
         retry_on=retry_on,
         backoff=backoff,
         max_crashes=max_crashes,
+        journal=journal,
+        key=key,
+        retry_failed=retry_failed,
     )
     return flatten(batches)
 
@@ -171,9 +194,14 @@ def _batches(
     retry_on: RetryOn | None = None,
     backoff: float = 0.0,
     max_crashes: int = DEFAULT_POLICY.max_crashes,
+    journal: str | os.PathLike[str] | Journal | None = None,
+    key: Callable[[Any], Any] | None = None,
+    retry_failed: bool = False,
+    _on_plan: Callable[[Plan], object] | None = None,
 ) -> Generator[list[Any], None, None]:
     """Check every option now, at the call; return the stream, a list of
-    outcomes at a time."""
+    outcomes at a time. ``_on_plan`` (for ``parcelout run --verbose``) is
+    given the plan ``backend="auto"`` makes."""
     check_callable(fn)
     pool_options = PoolOptions(
         workers=workers,
@@ -186,8 +214,8 @@ def _batches(
     policy = make_policy(timeout, retries, retry_on, backoff, max_crashes)
     if timeout is not None and pool_options.kind == "serial":
         raise ValueError("timeout needs thread or process workers: the serial backend cannot stop an item")
-    run = RunOptions(chunksize, window, on_error, progress, policy)
-    return _owned(pool_options, fn, items, run, ordered=ordered)
+    run = RunOptions(chunksize, window, on_error, progress, policy, Journal.of(journal), key, retry_failed)
+    return _owned(pool_options, fn, items, run, ordered=ordered, on_plan=_on_plan)
 
 
 @overload
@@ -238,7 +266,13 @@ def map(fn: Callable[[T], R], items: Iterable[T], *, on_error: OnError = "raise"
 
 
 def _owned(
-    pool_options: PoolOptions, fn: Callable[..., Any], items: Iterable[Any], run: RunOptions, ordered: bool
+    pool_options: PoolOptions,
+    fn: Callable[..., Any],
+    items: Iterable[Any],
+    run: RunOptions,
+    *,
+    ordered: bool,
+    on_plan: Callable[[Plan], object] | None = None,
 ) -> Generator[list[Any], None, None]:
     """A stream over a pool of its own, started at the first ``next()``.
 
@@ -262,7 +296,7 @@ def _owned(
     try:
         lane: Lane
         if pool_options.backend == "auto":
-            lane = _auto_lane(pool_options, fn, items, run, pool_for)
+            lane = _auto_lane(pool_options, fn, items, run, pool_for, on_plan=on_plan)
         else:
             lane = pool_for(pool_options.backend, pool_options.workers)._new_lane()
         yield from drive_batches(lane, Call(fn), items, run, ordered)
@@ -285,6 +319,8 @@ def _auto_lane(
     items: Iterable[Any],
     run: RunOptions,
     pool_for: Callable[[Any, int | None], Pool],
+    *,
+    on_plan: Callable[[Plan], object] | None,
 ) -> AutoLane:
     inline = pool_for("serial", None)._new_lane()  # the measured items run here, after the initializer
     return AutoLane(
@@ -294,6 +330,7 @@ def _auto_lane(
         inline=inline,
         make_lane=lambda plan: pool_for(plan.backend, plan.workers)._new_lane(),
         policy=run.policy,
+        on_plan=on_plan,
     )
 
 

@@ -347,7 +347,7 @@ class AutoLane:
 
     ``make_lane(plan)`` builds the lane for the chosen backend (it may start
     a pool); ``inline`` runs items in the calling thread (it runs the
-    initializer first, once).
+    initializer first, once); ``on_plan(plan)`` hears the choice.
     """
 
     def __init__(
@@ -359,12 +359,14 @@ class AutoLane:
         inline: Lane,
         make_lane: Callable[[Plan], Lane | None],
         policy: Policy,
+        on_plan: Callable[[Plan], object] | None = None,
     ) -> None:
         self.measurer = Measurer(fn, total, workers)
         self._inline = inline
         self._make_lane = make_lane
         self._lane: Lane | None = None
         self._done: deque[BatchResult] = deque()
+        self._on_plan = on_plan
         if policy.timeout is not None:  # nothing may run here, where it cannot be stopped
             self.measurer._set("process", usable_cpus(), "a timeout needs workers that can be stopped")
             self._hand_over()
@@ -443,4 +445,6 @@ class AutoLane:
     def _hand_over(self) -> None:
         plan = self.measurer.plan
         if plan is not None and self._lane is None:
+            if self._on_plan is not None:
+                self._on_plan(plan)
             self._lane = self._inline if plan.backend == "serial" else self._make_lane(plan)

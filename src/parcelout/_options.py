@@ -86,6 +86,9 @@ class RunOptions:
     on_error: OnError = "raise"
     progress: ProgressSpec = False
     policy: Policy = DEFAULT_POLICY
+    journal: Any = None  # a parcelout.Journal
+    key: Callable[[Any], Any] | None = None
+    retry_failed: bool = False
 
     def __post_init__(self) -> None:
         if self.chunksize is not None:
@@ -96,6 +99,10 @@ class RunOptions:
             raise ValueError(f"on_error must be 'raise', 'return' or 'skip', not {self.on_error!r}")
         if not isinstance(self.progress, bool) and not callable(self.progress):
             raise TypeError(f"progress must be True, False or a callable, not {type(self.progress).__name__}")
+        if self.key is not None and not callable(self.key):
+            raise TypeError(f"key must be a callable (item -> str or int), not {type(self.key).__name__}")
+        if (self.key is not None or self.retry_failed) and self.journal is None:
+            raise ValueError("key and retry_failed apply to a journal: pass journal= too")
 
 
 @dataclass(frozen=True)

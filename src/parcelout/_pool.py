@@ -19,6 +19,7 @@ import atexit
 import functools
 import itertools
 import multiprocessing.util  # noqa: F401  (registers its exit hook before ours, so ours runs first)
+import os
 import sys
 import threading
 import time
@@ -31,6 +32,7 @@ from typing import Any, TypeVar
 from parcelout._core._engine import BackendFactory, Engine
 from parcelout._core._messages import DEFAULT_POLICY, Batch, BatchResult, Call, Policy, Shutdown, Submitted
 from parcelout._core._scheduler import Scheduler
+from parcelout._journal import Journal
 from parcelout._options import PoolOptions, RetryOn, RunOptions, make_policy, positive_int
 from parcelout._stream import EngineLane, InlineLane, Lane, drive
 from parcelout.errors import InitializerFailed
@@ -255,14 +257,27 @@ class Pool(Executor):
         window: int | None = None,
         on_error: str = "raise",
         progress: Any = False,
+        journal: str | os.PathLike[str] | Journal | None = None,
+        key: Callable[[T], str | int] | None = None,
+        retry_failed: bool = False,
         **policy: Any,
     ) -> Generator[Any, None, None]:
         """Results of ``fn`` over ``items`` in input order, lazily (see ``parcelout.imap``).
 
         ``timeout``, ``retries``, ``retry_on``, ``backoff`` and ``max_crashes``
-        default to the pool's.
+        default to the pool's; ``journal``, ``key`` and ``retry_failed`` as
+        for ``parcelout.imap``.
         """
-        options = RunOptions(chunksize, window, on_error, progress, self._policy_for(policy))  # type: ignore[arg-type]
+        options = RunOptions(
+            chunksize,
+            window,
+            on_error,  # type: ignore[arg-type]
+            progress,
+            self._policy_for(policy),
+            Journal.of(journal),
+            key,
+            retry_failed,
+        )
         return self._stream(fn, items, options, ordered=True)
 
     def imap_unordered(
@@ -274,10 +289,22 @@ class Pool(Executor):
         window: int | None = None,
         on_error: str = "raise",
         progress: Any = False,
+        journal: str | os.PathLike[str] | Journal | None = None,
+        key: Callable[[T], str | int] | None = None,
+        retry_failed: bool = False,
         **policy: Any,
     ) -> Generator[Any, None, None]:
         """As ``imap``, in the order the results complete."""
-        options = RunOptions(chunksize, window, on_error, progress, self._policy_for(policy))  # type: ignore[arg-type]
+        options = RunOptions(
+            chunksize,
+            window,
+            on_error,  # type: ignore[arg-type]
+            progress,
+            self._policy_for(policy),
+            Journal.of(journal),
+            key,
+            retry_failed,
+        )
         return self._stream(fn, items, options, ordered=False)
 
     def _policy_for(self, overrides: dict[str, Any]) -> Policy:

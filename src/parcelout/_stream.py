@@ -24,6 +24,7 @@ from parcelout._core._engine import Engine
 from parcelout._core._feeder import Feeder
 from parcelout._core._messages import Batch, BatchResult, Call, CancelGroup, Policy, Submitted
 from parcelout._failure import Failure, kind_of
+from parcelout._journal import JournalLane, open_journal
 from parcelout._options import RunOptions
 from parcelout._progress import Progress
 from parcelout.backends._base import run_batch
@@ -173,6 +174,20 @@ def drive_batches(
     lane: Lane, call: Call, items: Iterable[Any], options: RunOptions, ordered: bool
 ) -> Generator[list[Any], None, None]:
     """As ``drive``, a list of outcomes at a time (what one batch released)."""
+    if options.journal is None:
+        yield from _drive(lane, call, items, options, ordered)
+        return
+    # The journal's lane skips what is done and records what comes back.
+    journal = JournalLane(lane, open_journal(options.journal, call.fn, options.key, length_of(items)), options)
+    try:
+        yield from _drive(journal, call, items, options, ordered)
+    finally:
+        journal.close()
+
+
+def _drive(
+    lane: Lane, call: Call, items: Iterable[Any], options: RunOptions, ordered: bool
+) -> Generator[list[Any], None, None]:
     total = length_of(items)
     feeder = Feeder(items)
     batcher = Batcher(lane.workers, options.chunksize, total)

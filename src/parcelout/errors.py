@@ -13,6 +13,8 @@ user already catches.
   back from a process worker, so the worker's traceback is printed with it.
 * ``RemoteError`` stands in for an exception that could not travel back from a
   process worker (one that cannot be pickled or unpickled).
+* ``JournalError``: a journal that cannot be used (in use by another run,
+  damaged, or written by another function).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from concurrent.futures.thread import BrokenThreadPool
 
 __all__ = [
     "InitializerFailed",
+    "JournalError",
     "RemoteError",
     "RemoteTraceback",
     "TaskTimeout",
@@ -93,6 +96,11 @@ class TaskTimeout(TimeoutError):
 
     def __reduce__(self) -> tuple[type[TaskTimeout], tuple[str, float | None]]:
         return (type(self), (str(self), self.timeout))
+
+
+class JournalError(Exception):
+    """The journal cannot be used: in use by another run, damaged, or written
+    by another function. The message says which, and what to do."""
 
 
 class InitializerFailed(BrokenProcessPool, BrokenThreadPool):

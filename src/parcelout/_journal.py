@@ -1,0 +1,794 @@
+"""The journal: a run recorded in SQLite, so that a killed run resumes.
+
+``journal="run.db"`` puts a ``JournalLane`` around a stream's lane. For each
+item the feeder hands out it computes the item's key and looks it up:
+
+* done before: its stored result goes back in its place, without running;
+* failed before: its stored failure goes back, unless ``retry_failed``;
+* otherwise the item is marked running and goes to the lane below.
+
+Every result that comes back is written, and the transaction committed,
+before the stream sees it, so whatever the caller was given survives a kill.
+One transaction per batch keeps the cost low. The file is SQLite in WAL mode:
+another process may read it (``parcelout status``) while the run writes.
+
+A journal belongs to one run at a time (an exclusive ``flock`` on the file,
+which the kernel releases when the process dies, however it dies), and to one
+function: its qualified name and a fingerprint of its code are stored, and a
+journal written by another function, or with another ``key``, is refused
+unless forced.
+
+Stored results are pickles, so loading a journal runs code: the file is made
+readable by its owner only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import pickle
+import sqlite3
+import time
+import traceback
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
+
+from parcelout._core._messages import Batch, BatchResult, Call, Policy
+from parcelout._options import RunOptions
+from parcelout.backends._wire import dumps
+from parcelout.errors import JournalError, RemoteError, RemoteTraceback, describe_item
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no lock against a second run
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "Journal",
+    "JournalError",
+    "JournalSummary",
+    "StoredOutcome",
+    "default_key",
+    "read_outcomes",
+    "read_summary",
+]
+
+SCHEMA_VERSION = 1
+Durability = Literal["normal", "full"]
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_LOOKUP_CHUNK = 500  # host parameters per query, well under SQLite's limit
+_RECENT_SECONDS = 60.0  # the throughput that ``status`` reports is over this much time
+
+_SCHEMA = """
+CREATE TABLE run (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL,
+    function TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    options TEXT NOT NULL,
+    total INTEGER,
+    created REAL NOT NULL,
+    resumed REAL,
+    pid INTEGER
+);
+CREATE TABLE items (
+    key TEXT PRIMARY KEY,
+    idx INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    started REAL,
+    finished REAL,
+    seconds REAL,
+    worker TEXT,
+    result BLOB,
+    result_json TEXT,
+    error_type TEXT,
+    error_message TEXT,
+    error_kind TEXT,
+    error_traceback TEXT,
+    error BLOB
+);
+CREATE INDEX items_by_index ON items (idx);
+"""
+
+
+# ---------------------------------------------------------------- identity
+def default_key(index: int, item: object) -> str:
+    """An item's key without ``key=``: its input index and a hash of its
+    pickle, so that input changed or reordered since the journal was written
+    is noticed rather than given another item's result."""
+    blob = pickle.dumps(item, protocol=4) if _plain_data(item) else dumps(item)
+    return f"{index}:{hashlib.blake2b(blob, digest_size=8).hexdigest()}"
+
+
+def _plain_data(item: object) -> bool:
+    return type(item) in (int, str, bytes, float, bool, type(None), tuple, list, dict)
+
+
+def fingerprint(fn: Callable[..., Any]) -> str:
+    """A hash of what ``fn`` computes with: its code (and that of the functions
+    it defines), constants and names; not its line numbers, so moving a
+    function in its file does not change it."""
+    digest = hashlib.sha256()
+    _feed(digest, fn, depth=0)
+    return digest.hexdigest()[:16]
+
+
+def _feed(digest: Any, obj: object, depth: int) -> None:
+    if depth > 8:
+        return
+    code = getattr(obj, "__code__", None)
+    if code is not None:
+        _feed_code(digest, code)
+        for cell in getattr(obj, "__closure__", None) or ():
+            with contextlib.suppress(ValueError):  # an empty cell
+                digest.update(repr(cell.cell_contents).encode())
+    elif hasattr(obj, "func"):  # functools.partial
+        _feed(digest, obj.func, depth + 1)
+        digest.update(repr((getattr(obj, "args", ()), getattr(obj, "keywords", {}))).encode())
+    elif callable(obj) and not isinstance(obj, type):
+        _feed(digest, type(obj).__call__, depth + 1)
+    digest.update(qualified_name(obj).encode())
+
+
+def _feed_code(digest: Any, code: Any) -> None:
+    digest.update(code.co_code)
+    digest.update(repr(code.co_names).encode())
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            _feed_code(digest, const)
+        else:
+            digest.update(repr(const).encode())
+
+
+def qualified_name(obj: object) -> str:
+    """``module:qualname`` of a function, class or callable instance."""
+    target = obj if hasattr(obj, "__qualname__") else type(obj)
+    target = getattr(target, "func", target)  # functools.partial
+    module = getattr(target, "__module__", None) or "?"
+    return f"{module}:{getattr(target, '__qualname__', type(target).__name__)}"
+
+
+# ---------------------------------------------------------------- the journal
+@dataclasses.dataclass(frozen=True)
+class Journal:
+    """Where and how a run is recorded: pass as ``journal=`` to resume a run.
+
+    A path alone (``journal="run.db"``) means ``Journal("run.db")``.
+
+    Args:
+        path: the SQLite file; created (readable by its owner only) if it
+            does not exist.
+        durability: ``"normal"`` (what was committed survives a crash or
+            kill of the process; a power loss may take the last few seconds)
+            or ``"full"`` (each commit is flushed to the disk: it also
+            survives a power loss, at a cost per batch).
+        force: use a journal written by another function, or another
+            ``key``, as if it were this run's (its done items count as done).
+    """
+
+    path: str | os.PathLike[str]
+    durability: Durability = "normal"
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str | os.PathLike):
+            raise TypeError(f"journal must be a path or a parcelout.Journal, not {type(self.path).__name__}")
+        if self.durability not in ("normal", "full"):
+            raise ValueError(f"durability must be 'normal' or 'full', not {self.durability!r}")
+
+    @classmethod
+    def of(cls, spec: object) -> Journal | None:
+        """The ``journal=`` option as a Journal (None for no journal)."""
+        if spec is None or isinstance(spec, Journal):
+            return spec
+        return cls(spec)  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stored:
+    """An item's row, as a resume needs it."""
+
+    index: int
+    status: str
+    attempts: int
+    result: bytes | None
+    result_json: str | None
+    error: bytes | None
+    error_type: str | None
+    error_message: str | None
+    error_kind: str | None
+    error_traceback: str | None
+
+
+class JournalFile:
+    """An open journal: the run's lock, its identity, its rows."""
+
+    def __init__(self, spec: Journal, fn: Callable[..., Any], key: Callable[[Any], Any] | None) -> None:
+        self.path = os.fspath(spec.path)
+        self._lock_fd: int | None = None
+        existed = os.path.exists(self.path)
+        if existed:
+            _check_file(self.path)
+        else:
+            with contextlib.suppress(FileExistsError):  # another run just made it: the lock decides
+                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        self._lock()
+        try:
+            self.db = _connect(self.path)
+            self.db.execute(f"PRAGMA synchronous={'FULL' if spec.durability == 'full' else 'NORMAL'}")
+            function, options = qualified_name(fn), json.dumps({"key": None if key is None else qualified_name(key)})
+            if self._has_schema():
+                self._check(self.db, function, fingerprint(fn), options, spec.force)
+            else:
+                if existed and os.path.getsize(self.path) > 0:
+                    raise JournalError(f"{self.path} is a SQLite database but not a parcelout journal")
+                with self.db:
+                    self.db.executescript(_SCHEMA)
+                    self.db.execute(
+                        "INSERT INTO run (id, version, function, fingerprint, options, created) "
+                        "VALUES (1, ?, ?, ?, ?, ?)",
+                        (SCHEMA_VERSION, function, fingerprint(fn), options, time.time()),
+                    )
+            with self.db:
+                self.db.execute("UPDATE run SET resumed = ?, pid = ?", (time.time(), os.getpid()))
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise JournalError(f"the journal {self.path} is damaged ({exc}); nothing was run") from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def _lock(self) -> None:
+        if fcntl is None:  # pragma: no cover
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise JournalError(
+                f"the journal {self.path} is in use by another run{_holder(self.path)}; "
+                "wait for it to end, or use another journal"
+            ) from None
+        self._lock_fd = fd
+
+    def _has_schema(self) -> bool:
+        names = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return {"run", "items"} <= names
+
+    def _check(self, db: sqlite3.Connection, function: str, fp: str, options: str, force: bool) -> None:
+        row = db.execute("SELECT version, function, fingerprint, options FROM run").fetchone()
+        if row is None:
+            raise JournalError(f"the journal {self.path} is damaged: it has no run record")
+        version, was_function, was_fp, was_options = row
+        if version != SCHEMA_VERSION:
+            raise JournalError(f"the journal {self.path} was written by another parcelout (format {version})")
+        if force:
+            with db:
+                db.execute("UPDATE run SET function = ?, fingerprint = ?, options = ?", (function, fp, options))
+            return
+        if was_function != function:
+            why = f"it records a run of {was_function}, not {function}"
+        elif was_fp != fp:
+            why = f"the code of {function} changed since it was written"
+        elif was_options != options:
+            why = f"it was written with other options ({was_options}, now {options})"
+        else:
+            return
+        raise JournalError(
+            f"the journal {self.path} does not match this run: {why}. Use another journal, or pass "
+            f"journal=parcelout.Journal({self.path!r}, force=True) to resume from it anyway"
+        )
+
+    def set_total(self, total: int | None) -> None:
+        if total is not None:
+            self.db.execute("UPDATE run SET total = ?", (total,))
+
+    def lookup(self, keys: list[str]) -> dict[str, Stored]:
+        found: dict[str, Stored] = {}
+        for start in range(0, len(keys), _LOOKUP_CHUNK):
+            part = keys[start : start + _LOOKUP_CHUNK]
+            marks = ",".join("?" * len(part))
+            rows = self.db.execute(
+                "SELECT key, idx, status, attempts, result, result_json, error, error_type, error_message, "
+                f"error_kind, error_traceback FROM items WHERE key IN ({marks})",
+                part,
+            )
+            for key, *fields in rows:
+                found[key] = Stored(*fields)
+        return found
+
+    def keys_at(self, indexes: list[int]) -> dict[int, str]:
+        """The keys stored at these input positions."""
+        found: dict[int, str] = {}
+        for start in range(0, len(indexes), _LOOKUP_CHUNK):
+            part = indexes[start : start + _LOOKUP_CHUNK]
+            marks = ",".join("?" * len(part))
+            found.update(self.db.execute(f"SELECT idx, key FROM items WHERE idx IN ({marks})", part).fetchall())
+        return found
+
+    def mark_running(self, rows: list[tuple[str, int]]) -> None:
+        now = time.time()
+        self.db.executemany(
+            "INSERT INTO items (key, idx, status, started) VALUES (?, ?, 'running', ?) "
+            "ON CONFLICT (key) DO UPDATE SET idx = excluded.idx, status = 'running', started = excluded.started",
+            [(key, index, now) for key, index in rows],
+        )
+
+    def record(
+        self, done: list[tuple[Any, ...]], failed: list[tuple[Any, ...]], unstored: list[tuple[Any, ...]]
+    ) -> None:
+        """Write outcomes and commit. ``done``: (attempts, seconds, result,
+        result_json, key); ``failed``: (attempts, seconds, kind, type,
+        message, traceback, pickled error, key); ``unstored``: (message, key)
+        for results that could not be pickled (they run again on resume)."""
+        now = time.time()
+        with self.db:
+            self.db.executemany(
+                "UPDATE items SET status = 'done', attempts = attempts + ?, finished = ?, seconds = ?, result = ?, "
+                "result_json = ?, error = NULL, error_type = NULL, error_message = NULL, error_kind = NULL, "
+                "error_traceback = NULL WHERE key = ?",
+                [(a, now, s, r, j, k) for a, s, r, j, k in done],
+            )
+            self.db.executemany(
+                "UPDATE items SET status = 'failed', attempts = attempts + ?, finished = ?, seconds = ?, "
+                "error_kind = ?, error_type = ?, error_message = ?, error_traceback = ?, error = ?, result = NULL, "
+                "result_json = NULL WHERE key = ?",
+                [(a, now, s, kind, t, m, tb, e, k) for a, s, kind, t, m, tb, e, k in failed],
+            )
+            self.db.executemany(
+                "UPDATE items SET status = 'pending', finished = ?, error_message = ? WHERE key = ?",
+                [(now, m, k) for m, k in unstored],
+            )
+
+    def close(self) -> None:
+        db = getattr(self, "db", None)
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                db.commit()
+                db.execute("UPDATE run SET pid = NULL")
+                db.commit()
+            db.close()
+            self.db = None  # type: ignore[assignment]
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+
+def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10, check_same_thread=False)
+    else:
+        db = sqlite3.connect(path, timeout=10, isolation_level="DEFERRED", check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+    return db
+
+
+def _check_file(path: str) -> None:
+    """Refuse a file that is not an intact SQLite database: never start afresh
+    over a journal that was damaged."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except OSError as exc:
+        raise JournalError(f"the journal {path} cannot be read: {exc}") from exc
+    if head != _SQLITE_MAGIC:
+        what = "empty" if not head else "not a SQLite database"
+        raise JournalError(f"the journal {path} is damaged or not a journal ({what}); nothing was run")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            verdict = db.execute("PRAGMA quick_check").fetchone()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise JournalError(f"the journal {path} is damaged ({exc}); nothing was run") from exc
+    if verdict is None or verdict[0] != "ok":
+        why = verdict[0] if verdict else "no verdict"
+        raise JournalError(f"the journal {path} is damaged ({why}); nothing was run")
+
+
+def _holder(path: str) -> str:
+    try:
+        db = _connect(path, readonly=True)
+        try:
+            row = db.execute("SELECT pid FROM run").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return ""
+    return f" (process {row[0]})" if row and row[0] else ""
+
+
+# ---------------------------------------------------------------- the lane
+class JournalLane:
+    """A lane that skips what the journal has and records what comes back."""
+
+    def __init__(self, inner: Any, journal: JournalFile, options: RunOptions) -> None:
+        self._inner = inner
+        self._journal = journal
+        self._key = options.key
+        self._retry_failed = options.retry_failed
+        self._ready: deque[BatchResult] = deque()
+        self._keys: dict[int, str] = {}  # input index -> key, for items out at the lane below
+
+    @property
+    def workers(self) -> int:
+        return int(self._inner.workers)
+
+    @property
+    def inline(self) -> bool:
+        return bool(self._inner.inline)
+
+    @property
+    def plan(self) -> Any:
+        return getattr(self._inner, "plan", None)
+
+    def serial_now(self) -> bool:
+        return False  # every item goes through the journal
+
+    def cancel(self) -> None:
+        self._inner.cancel()
+
+    def close(self) -> None:
+        self._journal.close()
+
+    def submit(self, call: Call, items: list[tuple[int, Any]], policy: Policy) -> None:
+        keys: list[str | None] = []
+        fates: list[_Fate | None] = []  # None: run it; else what it ended as before
+        for index, item in items:
+            try:
+                keys.append(self._key_of(index, item))
+            except Exception as exc:
+                exc.add_note(f"parcelout: item {index} ({describe_item(item)}) has no journal key")
+                keys.append(None)
+                fates.append((None, exc, 1))
+            else:
+                fates.append(None)
+        stored = self._journal.lookup([k for k in keys if k is not None])
+        if self._key is None:
+            self._check_unchanged(items, keys, stored)
+        for pos, key in enumerate(keys):
+            row = stored.get(key) if key is not None else None
+            if row is not None and self._settled(row):
+                fates[pos] = _fate(row)
+        # Contiguous runs of the same fate: the collector wants each batch to
+        # cover consecutive positions.
+        start = 0
+        for end in range(1, len(items) + 1):
+            if end == len(items) or (fates[end] is None) != (fates[start] is None):
+                if fates[start] is None:
+                    self._send(call, items[start:end], keys[start:end], policy)
+                else:
+                    self._ready.append(_replay(call, items[start:end], fates[start:end], self._ready.append))
+                start = end
+
+    def next_result(self) -> BatchResult:
+        if self._ready:
+            return self._ready.popleft()
+        result: BatchResult = self._inner.next_result()
+        self._record(result)
+        return result
+
+    # ------------------------------------------------------------ helpers
+    def _key_of(self, index: int, item: Any) -> str:
+        if self._key is None:
+            return default_key(index, item)
+        key = self._key(item)
+        if isinstance(key, bool) or not isinstance(key, str | int):
+            raise TypeError(f"key must return a str or an int, not {type(key).__name__}")
+        return json.dumps(key)
+
+    def _settled(self, row: Stored | None) -> bool:
+        if row is None:
+            return False
+        return row.status == "done" or (row.status == "failed" and not self._retry_failed)
+
+    def _check_unchanged(self, items: list[tuple[int, Any]], keys: list[str | None], stored: dict[str, Stored]) -> None:
+        missing = [index for (index, _), key in zip(items, keys, strict=True) if key is not None and key not in stored]
+        if not missing:
+            return
+        for index, was in self._journal.keys_at(missing).items():
+            item = items[index - items[0][0]][1]
+            raise JournalError(
+                f"item {index} ({describe_item(item)}) is not the item the journal {self._journal.path} has at "
+                f"position {index} (key {was}): the input changed or was reordered since the journal was written. "
+                "Pass key= to name items by something stable, or use another journal"
+            )
+
+    def _send(self, call: Call, part: list[tuple[int, Any]], keys: list[str | None], policy: Policy) -> None:
+        rows = [(key, index) for (index, _), key in zip(part, keys, strict=True) if key is not None]
+        self._keys.update((index, key) for key, index in rows)
+        self._journal.mark_running(rows)
+        self._inner.submit(call, part, policy)
+
+    def _record(self, result: BatchResult) -> None:
+        items = result.batch.items
+        seconds = result.elapsed / max(1, len(items))
+        done: list[tuple[Any, ...]] = []
+        failed: list[tuple[Any, ...]] = []
+        unstored: list[tuple[Any, ...]] = []
+        for pos, (index, _) in enumerate(items):
+            key = self._keys.pop(index, None)
+            if key is None:
+                continue  # no key: nothing to record
+            attempts = result.attempts.get(pos, result.batch.attempt)
+            if pos in result.errors:
+                failed.append((attempts, seconds, *_describe_error(result.errors[pos]), key))
+                continue
+            try:
+                blob, as_json = _store_result(result.values[pos])
+            except Exception as exc:
+                unstored.append((f"the result could not be stored: {type(exc).__name__}: {exc}", key))
+            else:
+                done.append((attempts, seconds, blob, as_json, key))
+        self._journal.record(done, failed, unstored)
+
+
+_Fate = tuple[Any, BaseException | None, int]
+"""What a settled item ended as: (value, exception or None, attempts)."""
+
+
+def _fate(row: Stored) -> _Fate:
+    if row.status == "done":
+        return _load_result(row), None, row.attempts
+    return None, _load_error(row), row.attempts
+
+
+def _replay(
+    call: Call, part: list[tuple[int, Any]], fates: list[_Fate | None], report: Callable[[BatchResult], None]
+) -> BatchResult:
+    """A batch result for items that do not run again."""
+    values: list[Any] = []
+    errors: dict[int, BaseException] = {}
+    attempts: dict[int, int] = {}
+    for pos, fate in enumerate(fates):
+        assert fate is not None
+        value, error, attempts[pos] = fate
+        values.append(value)
+        if error is not None:
+            errors[pos] = error
+    return BatchResult(Batch(0, call, part, report), values, errors, 0.0, attempts)
+
+
+def _store_result(value: Any) -> tuple[bytes | None, str | None]:
+    """A result as JSON if it is plain JSON data (and comes back equal), else pickled."""
+    try:
+        text = json.dumps(value, allow_nan=False)
+        if json.loads(text) == value and _json_types(value):
+            return None, text
+    except (TypeError, ValueError, RecursionError):
+        pass
+    return dumps(value), None
+
+
+def _json_types(value: Any) -> bool:
+    kind = type(value)
+    if kind in (str, int, float, bool, type(None)):
+        return True
+    if kind is list:
+        return all(_json_types(v) for v in value)
+    if kind is dict:
+        return all(type(k) is str and _json_types(v) for k, v in value.items())
+    return False
+
+
+def _load_result(row: Stored) -> Any:
+    if row.result_json is not None:
+        return json.loads(row.result_json)
+    return pickle.loads(row.result or b"N.")
+
+
+def _describe_error(error: BaseException) -> tuple[str, str, str, str, bytes | None]:
+    """(kind, type, message, traceback, pickled exception or None)."""
+    from parcelout._failure import kind_of
+
+    cause = error.__cause__
+    tb = cause.tb if isinstance(cause, RemoteTraceback) else "".join(traceback.format_exception(error))
+    name = error.type_name if isinstance(error, RemoteError) else _type_name(type(error))
+    blob: bytes | None = None
+    with contextlib.suppress(Exception):  # kept only if it loads again
+        pickled = dumps(error)
+        pickle.loads(pickled)
+        blob = pickled
+    return kind_of(error), name, str(error), tb, blob
+
+
+def _type_name(kind: type) -> str:
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _load_error(row: Stored) -> BaseException:
+    error: BaseException | None = None
+    if row.error is not None:
+        with contextlib.suppress(Exception):
+            error = pickle.loads(row.error)
+    if not isinstance(error, BaseException):
+        error = RemoteError(row.error_type or "Exception", row.error_message or "", "it was loaded from the journal")
+    if row.error_traceback:
+        error.__cause__ = RemoteTraceback(row.error_traceback)
+    error.add_note("parcelout: recorded in the journal by an earlier run (retry_failed=True runs it again)")
+    return error
+
+
+# ---------------------------------------------------------------- reading
+@dataclasses.dataclass(frozen=True)
+class StoredOutcome:
+    """One item's outcome as the journal has it."""
+
+    index: int
+    key: Any
+    status: str
+    value: Any = None
+    error_type: str | None = None
+    error_message: str | None = None
+    error_kind: str | None = None
+    attempts: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "done"
+
+
+@dataclasses.dataclass(frozen=True)
+class JournalSummary:
+    """Where a journaled run stands (``parcelout status``)."""
+
+    path: str
+    function: str
+    total: int | None
+    done: int
+    failed: int
+    running: int
+    pending: int
+    live: bool  # a run holds the journal now
+    throughput: float | None  # items finished per second, lately
+    eta_seconds: float | None
+    top_errors: list[tuple[str, str, int]]  # (type, message, count), most common first
+
+    def __str__(self) -> str:
+        total = "?" if self.total is None else str(self.total)
+        lines = [
+            f"journal {self.path}: {self.function} ({'running now' if self.live else 'not running'})",
+            f"  {self.done} done, {self.failed} failed, {self.running} running, {self.pending} pending, of {total}",
+        ]
+        if self.throughput is not None:
+            lines.append(f"  {self.throughput:.1f} items/s over the last {_RECENT_SECONDS:.0f} s of work")
+        if self.eta_seconds is not None:
+            lines.append(f"  about {_duration(self.eta_seconds)} left")
+        if self.top_errors:
+            lines.append("  most common errors:")
+            lines.extend(f"    {count} x {kind}: {message}" for kind, message, count in self.top_errors)
+        return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _open_for_reading(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise JournalError(f"no journal at {path}")
+    _check_header(path)
+    try:
+        db = _connect(path, readonly=True)
+        db.execute("SELECT version FROM run").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise JournalError(f"{path} is not a readable parcelout journal ({exc})") from exc
+    return db
+
+
+def _check_header(path: str) -> None:
+    with open(path, "rb") as f:
+        head = f.read(len(_SQLITE_MAGIC))
+    if head != _SQLITE_MAGIC:
+        raise JournalError(f"the journal {path} is damaged or not a journal ({'empty' if not head else 'not SQLite'})")
+
+
+def read_summary(path: str | os.PathLike[str]) -> JournalSummary:
+    """Counts, throughput, ETA and the commonest errors; works while the run
+    is going (it reads what was committed)."""
+    db = _open_for_reading(path)
+    try:
+        function, total = db.execute("SELECT function, total FROM run").fetchone()
+        by_status = db.execute("SELECT status, COUNT(*) FROM items GROUP BY status").fetchall()
+        counts: Counter[str] = Counter(dict(by_status))
+        latest = db.execute("SELECT MAX(finished) FROM items").fetchone()[0]
+        throughput = None
+        if latest is not None:
+            recent, first = db.execute(
+                "SELECT COUNT(*), MIN(finished) FROM items WHERE status IN ('done', 'failed') AND finished >= ?",
+                (latest - _RECENT_SECONDS,),
+            ).fetchone()
+            span = latest - first if first is not None else 0.0
+            throughput = recent / span if span > 0 and recent > 1 else None
+        errors = db.execute(
+            "SELECT error_type, error_message, COUNT(*) AS n FROM items WHERE status = 'failed' "
+            "GROUP BY error_type, error_message ORDER BY n DESC LIMIT 5"
+        ).fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise JournalError(f"the journal {os.fspath(path)} is damaged ({exc})") from exc
+    finally:
+        db.close()
+    recorded = sum(counts.values())
+    pending = counts["pending"] + (max(0, total - recorded) if total is not None else 0)
+    left = pending + counts["running"]
+    eta = left / throughput if throughput and total is not None else None
+    return JournalSummary(
+        os.fspath(path),
+        function,
+        total,
+        counts["done"],
+        counts["failed"],
+        counts["running"],
+        pending,
+        _in_use(os.fspath(path)),
+        throughput,
+        eta,
+        [(kind or "?", _first_line(message), n) for kind, message, n in errors],
+    )
+
+
+def _first_line(text: str | None) -> str:
+    line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    return line if len(line) <= 120 else line[:117] + "..."
+
+
+def _in_use(path: str) -> bool:
+    if fcntl is None:  # pragma: no cover
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def read_outcomes(path: str | os.PathLike[str]) -> Iterator[StoredOutcome]:
+    """Every item the journal has, in input order (results loaded: only open
+    journals you trust)."""
+    db = _open_for_reading(path)
+    try:
+        rows = db.execute(
+            "SELECT idx, key, status, attempts, result, result_json, error_type, error_message, error_kind "
+            "FROM items ORDER BY idx"
+        )
+        for index, key, status, attempts, result, result_json, etype, message, kind in rows:
+            value = None
+            if status == "done":
+                value = json.loads(result_json) if result_json is not None else pickle.loads(result or b"N.")
+            yield StoredOutcome(index, _public_key(key), status, value, etype, message, kind, attempts)
+    except sqlite3.DatabaseError as exc:
+        raise JournalError(f"the journal {os.fspath(path)} is damaged ({exc})") from exc
+    finally:
+        db.close()
+
+
+def _public_key(key: str) -> Any:
+    """A key as the user gave it (``key=``), or the default ``index:hash``."""
+    try:
+        return json.loads(key)
+    except ValueError:
+        return key
+
+
+def open_journal(
+    spec: Journal, fn: Callable[..., Any], key: Callable[[Any], Any] | None, total: int | None
+) -> JournalFile:
+    """Open (or create) the journal for a run of ``fn``; refuse a bad one."""
+    journal = JournalFile(spec, fn, key)
+    journal.set_total(total)
+    return journal
