@@ -396,3 +396,17 @@ def test_a_run_killed_with_sigkill_resumes_exactly_once(backend: str, moment: in
     redone = set(first) & set(second)
     assert len(redone) <= 24 + 2 * 3  # only what was in flight (the window, and a batch per worker)
     assert set(first) | set(second) == set(range(300))
+
+
+def test_the_demo_resume_step_redoes_nothing_the_caller_saw() -> None:
+    import io
+
+    from parcelout import _demo
+
+    out = io.StringIO()
+    first, second = _demo.resume(out, scale=0.1, progress=False)
+    n, stop = 30, 12
+    assert set(first) | set(second) == set(range(n))
+    assert max(first.values()) == max(second.values()) == 1
+    assert not set(range(stop)) & set(second)
+    assert "30 results, all correct" in out.getvalue()

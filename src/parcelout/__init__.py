@@ -7,7 +7,7 @@ no worker outlives its pool.
 from parcelout._api import explain, imap, imap_unordered, map
 from parcelout._auto import Plan
 from parcelout._failure import Failure
-from parcelout._journal import Journal
+from parcelout._journal import Journal, read_outcomes, read_summary
 from parcelout._pool import Pool
 from parcelout.errors import (
     InitializerFailed,
@@ -33,6 +33,8 @@ __all__ = [
     "imap",
     "imap_unordered",
     "map",
+    "read_outcomes",
+    "read_summary",
 ]
 
 for _name in ("imap", "imap_unordered", "map", "explain", "Failure", "Journal", "Plan", "Pool"):
