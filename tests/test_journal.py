@@ -193,6 +193,23 @@ def test_default_keys_name_the_index_and_the_content() -> None:
     assert default_key(0, {"x": [1, 2]}).startswith("0:")
 
 
+def test_a_run_is_named_by_its_function_also_through_a_partial() -> None:
+    import functools
+    import operator
+
+    from parcelout._journal import _describe_key, fingerprint, qualified_name
+
+    assert qualified_name(triple) == "tests.test_journal:triple"
+    assert qualified_name(functools.partial(triple)) == "tests.test_journal:triple"
+    assert qualified_name(Logged(Path("x"))) == "tests.test_journal:Logged"
+    assert fingerprint(functools.partial(double, 1)) != fingerprint(functools.partial(double, 2))
+    assert _describe_key(operator.itemgetter("id")) != _describe_key(operator.itemgetter("name"))
+    assert (
+        _describe_key(lambda x: x)
+        == "tests.test_journal:test_a_run_is_named_by_its_function_also_through_a_partial.<locals>.<lambda>"
+    )
+
+
 def test_key_and_retry_failed_need_a_journal() -> None:
     with pytest.raises(ValueError, match="pass journal= too"):
         parcelout.map(triple, range(3), key=str)

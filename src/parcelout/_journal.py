@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
 import pickle
@@ -146,11 +147,24 @@ def _feed_code(digest: Any, code: Any) -> None:
 
 
 def qualified_name(obj: object) -> str:
-    """``module:qualname`` of a function, class or callable instance."""
+    """``module:qualname`` of a function, class or callable instance (of the
+    function inside a ``functools.partial``)."""
+    obj = getattr(obj, "func", obj)
     target = obj if hasattr(obj, "__qualname__") else type(obj)
-    target = getattr(target, "func", target)  # functools.partial
     module = getattr(target, "__module__", None) or "?"
     return f"{module}:{getattr(target, '__qualname__', type(target).__name__)}"
+
+
+def _describe_key(key: Callable[[Any], Any] | None) -> str | None:
+    """What names the ``key`` option in the run's identity: a function by its
+    name, another callable (``operator.itemgetter("id")``) by its repr, unless
+    that repr holds an address, which changes from run to run."""
+    if key is None:
+        return None
+    if inspect.isfunction(key) or inspect.ismethod(key):
+        return qualified_name(key)
+    text = repr(key)
+    return qualified_name(key) if " at 0x" in text else text
 
 
 # ---------------------------------------------------------------- the journal
@@ -221,7 +235,7 @@ class JournalFile:
         try:
             self.db = _connect(self.path)
             self.db.execute(f"PRAGMA synchronous={'FULL' if spec.durability == 'full' else 'NORMAL'}")
-            function, options = qualified_name(fn), json.dumps({"key": None if key is None else qualified_name(key)})
+            function, options = qualified_name(fn), json.dumps({"key": _describe_key(key)})
             if self._has_schema():
                 self._check(self.db, function, fingerprint(fn), options, spec.force)
             else:
@@ -282,7 +296,7 @@ class JournalFile:
             return
         raise JournalError(
             f"the journal {self.path} does not match this run: {why}. Use another journal, or pass "
-            f"journal=parcelout.Journal({self.path!r}, force=True) to resume from it anyway"
+            f"journal=parcelout.Journal({self.path!r}, force=True) (parcelout run: --force) to resume from it anyway"
         )
 
     def set_total(self, total: int | None) -> None:
@@ -590,16 +604,21 @@ def _describe_error(error: BaseException) -> tuple[str, str, str, str, bytes | N
 
     cause = error.__cause__
     tb = cause.tb if isinstance(cause, RemoteTraceback) else "".join(traceback.format_exception(error))
-    name = error.type_name if isinstance(error, RemoteError) else _type_name(type(error))
+    if isinstance(error, RemoteError):  # the original's type and message, as the caller was told them
+        name, message = error.type_name, error.message
+    else:
+        name, message = type_name(type(error)), str(error)
     blob: bytes | None = None
     with contextlib.suppress(Exception):  # kept only if it loads again
         pickled = dumps(error)
         pickle.loads(pickled)
         blob = pickled
-    return kind_of(error), name, str(error), tb, blob
+    return kind_of(error), name, message, tb, blob
 
 
-def _type_name(kind: type) -> str:
+def type_name(kind: type) -> str:
+    """An exception type's name as the journal records it: module-qualified,
+    builtins aside (``ValueError``, ``jobs.Oops``)."""
     return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
@@ -659,7 +678,7 @@ class JournalSummary:
         ]
         if self.throughput is not None:
             lines.append(f"  {self.throughput:.1f} items/s over the last {_RECENT_SECONDS:.0f} s of work")
-        if self.eta_seconds is not None:
+        if self.eta_seconds:
             lines.append(f"  about {_duration(self.eta_seconds)} left")
         if self.top_errors:
             lines.append("  most common errors:")
