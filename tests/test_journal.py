@@ -427,3 +427,15 @@ def test_the_demo_resume_step_redoes_nothing_the_caller_saw() -> None:
     assert max(first.values()) == max(second.values()) == 1
     assert not set(range(stop)) & set(second)
     assert "30 results, all correct" in out.getvalue()
+
+
+@pytest.mark.parametrize("backend", ["serial", "process"])
+def test_each_item_records_when_and_where_it_ran(backend: str, tmp_path: Path) -> None:
+    journal = tmp_path / "run.db"
+    parcelout.map(triple, range(20), journal=journal, backend=backend, workers=2)
+    rows = sqlite3.connect(journal).execute("SELECT status, attempts, started, finished, seconds, worker FROM items")
+    for status, attempts, started, finished, seconds, worker in rows:
+        assert (status, attempts) == ("done", 1)
+        assert started <= finished
+        assert seconds >= 0
+        assert worker == "caller" if backend == "serial" else worker.startswith("worker ")

@@ -335,7 +335,11 @@ class JournalFile:
         )
 
     def record(
-        self, done: list[tuple[Any, ...]], failed: list[tuple[Any, ...]], unstored: list[tuple[Any, ...]]
+        self,
+        done: list[tuple[Any, ...]],
+        failed: list[tuple[Any, ...]],
+        unstored: list[tuple[Any, ...]],
+        worker: str | None,
     ) -> None:
         """Write outcomes and commit. ``done``: (attempts, seconds, result,
         result_json, key); ``failed``: (attempts, seconds, kind, type,
@@ -344,16 +348,16 @@ class JournalFile:
         now = time.time()
         with self.db:
             self.db.executemany(
-                "UPDATE items SET status = 'done', attempts = attempts + ?, finished = ?, seconds = ?, result = ?, "
-                "result_json = ?, error = NULL, error_type = NULL, error_message = NULL, error_kind = NULL, "
-                "error_traceback = NULL WHERE key = ?",
-                [(a, now, s, r, j, k) for a, s, r, j, k in done],
+                "UPDATE items SET status = 'done', attempts = attempts + ?, finished = ?, seconds = ?, worker = ?, "
+                "result = ?, result_json = ?, error = NULL, error_type = NULL, error_message = NULL, "
+                "error_kind = NULL, error_traceback = NULL WHERE key = ?",
+                [(a, now, s, worker, r, j, k) for a, s, r, j, k in done],
             )
             self.db.executemany(
-                "UPDATE items SET status = 'failed', attempts = attempts + ?, finished = ?, seconds = ?, "
+                "UPDATE items SET status = 'failed', attempts = attempts + ?, finished = ?, seconds = ?, worker = ?, "
                 "error_kind = ?, error_type = ?, error_message = ?, error_traceback = ?, error = ?, result = NULL, "
                 "result_json = NULL WHERE key = ?",
-                [(a, now, s, kind, t, m, tb, e, k) for a, s, kind, t, m, tb, e, k in failed],
+                [(a, now, s, worker, kind, t, m, tb, e, k) for a, s, kind, t, m, tb, e, k in failed],
             )
             self.db.executemany(
                 "UPDATE items SET status = 'pending', finished = ?, error_message = ? WHERE key = ?",
@@ -541,7 +545,15 @@ class JournalLane:
                 unstored.append((f"the result could not be stored: {type(exc).__name__}: {exc}", key))
             else:
                 done.append((attempts, seconds, blob, as_json, key))
-        self._journal.record(done, failed, unstored)
+        self._journal.record(done, failed, unstored, _worker_name(result.worker, self._inner))
+
+
+def _worker_name(worker: int | None, lane: Any) -> str:
+    """What the journal says ran a batch: ``worker 3`` (the pool's numbering:
+    a replaced worker gets a new number), or ``caller`` for the calling thread."""
+    if worker is not None:
+        return f"worker {worker}"
+    return "caller" if getattr(lane, "inline", False) else "?"
 
 
 _Fate = tuple[Any, BaseException | None, int]

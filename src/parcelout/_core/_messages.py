@@ -125,6 +125,8 @@ class BatchResult:
     ``elapsed`` is the worker's time for the whole batch, in seconds.
     ``attempts`` maps positions whose run count differs from
     ``batch.attempt`` to theirs (items retried in place, inline).
+    ``worker`` is the scheduler's number for the worker that ran it (None
+    inline, or when no one worker did).
     """
 
     batch: Batch
@@ -132,6 +134,7 @@ class BatchResult:
     errors: dict[int, BaseException]
     elapsed: float = 0.0
     attempts: dict[int, int] = field(default_factory=dict)
+    worker: int | None = None
 
 
 # ---------------------------------------------------------------- events in

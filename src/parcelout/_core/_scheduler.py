@@ -209,7 +209,8 @@ class Scheduler:
                 if batch is worker.inflight[0]:
                     worker.deadline, worker.position = None, -1
                 worker.inflight.remove(batch)
-                self._settle(BatchResult(batch, event.values, event.errors, event.elapsed), worker.id, out)
+                result = BatchResult(batch, event.values, event.errors, event.elapsed, worker=worker.id)
+                self._settle(result, worker.id, out)
                 return
 
     def _settle(self, result: BatchResult, worker_id: int, out: list[Instruction]) -> None:
@@ -225,7 +226,7 @@ class Scheduler:
             if pos > start:  # the run of items before this retried one
                 part = dataclasses.replace(batch, id=self._new_id(), items=batch.items[start:pos])
                 part_errors = {p - start: e for p, e in errors.items() if start <= p < pos}
-                out.append(Deliver(BatchResult(part, values[start:pos], part_errors, 0.0)))
+                out.append(Deliver(BatchResult(part, values[start:pos], part_errors, 0.0, worker=worker_id)))
             if pos < len(batch.items):
                 self._retry(_one(batch, pos, self._new_id()), worker_id)
             start = pos + 1
