@@ -45,7 +45,7 @@ from parcelout._stream import InlineLane, Lane
 # Below this per-item time, workers cost more than they save.
 TINY_SECONDS = 10e-6
 # Time the first items take in the calling thread before the choice.
-SERIAL_BUDGET = 0.02
+SERIAL_BUDGET = 0.01
 MAX_SAMPLES = 10_000
 # This many items under TINY_SECONDS each are enough to call the work tiny.
 TINY_SAMPLES = 200
@@ -166,6 +166,7 @@ class Measurer:
         self._gil_waits: float | None = None  # sleeps per switch interval while probing
         self._probe_per_item: float | None = None
         self._pickle: float | None = None
+        self._sample: tuple[object, object] | None = None  # an item and its result
         self._pickle_failed = False
         self.plan: Plan | None = None
         self.probing = False
@@ -192,8 +193,8 @@ class Measurer:
         self._count += len(items)
         self._wall += wall
         self._cpu += cpu
-        if self._pickle is None and not self._pickle_failed and 0 not in errors and values:
-            self._time_pickling(items[0], values[0])
+        if self._sample is None and 0 not in errors and values:
+            self._sample = (items[0], values[0])  # pickled only if processes come into question
         waiting = wall >= TELLING_SECONDS and cpu < WAITING_CPU_FRACTION * wall
         tiny = self._count >= TINY_SAMPLES and self._wall < TINY_SECONDS * self._count
         if self._wall >= SERIAL_BUDGET or self._count >= MAX_SAMPLES or waiting or tiny:
@@ -305,7 +306,9 @@ class Measurer:
         if gil_free and self._speedup is not None:
             how = f"two threads ran it {self._speedup:.2f} at a time"
             self._set("thread", cpus, f"{how}: it releases the GIL")
-        elif self._pickle_failed:
+            return
+        self._time_pickling()
+        if self._pickle_failed:
             self._set("thread", cpus, "its items or results cannot be pickled for a process")
         elif self._pickle is not None and self._pickle > 0.5 * per:
             self._set("serial", 1, "it holds the GIL, and pickling its items costs more than half of running them")
@@ -327,7 +330,12 @@ class Measurer:
         self.plan = Plan(backend, workers, chunksize, reason, measurements)
         self.probing = False
 
-    def _time_pickling(self, item: object, result: object) -> None:
+    def _time_pickling(self) -> None:
+        """Time a round trip of the sample item and result through pickle
+        (what a process worker costs per item), once."""
+        if self._sample is None or self._pickle is not None or self._pickle_failed:
+            return
+        item, result = self._sample
         start = time.perf_counter()
         try:
             for value in (item, result):
