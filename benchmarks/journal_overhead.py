@@ -39,14 +39,14 @@ def main() -> None:
     times: dict[str, list[float]] = {"no journal": [], "journal": [], "journal, durability=full": []}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
-            for name in times:
-                path = Path(tmp) / f"{round_}-{len(times[name])}-{name[:12].replace(' ', '_')}.db"
+            for name, samples in times.items():
+                path = Path(tmp) / f"{round_}-{len(samples)}-{name[:12].replace(' ', '_')}.db"
                 journal = None
                 if name != "no journal":
                     journal = parcelout.Journal(path, durability="full" if "full" in name else "normal")
                 start = time.perf_counter()
                 parcelout.map(one_ms, items, backend=args.backend, journal=journal)
-                times[name].append(time.perf_counter() - start)
+                samples.append(time.perf_counter() - start)
     base = statistics.median(times["no journal"])
     print(f"{args.items} items of {per_item * 1e3:.2f} ms, backend={args.backend}, medians of {args.rounds} rounds")
     print("| run | median s | / no journal |")

@@ -16,6 +16,12 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
+# tqdm reads TQDM_* variables once, when it is imported (a package imported
+# while collecting, such as ray, may import it). Import it first, so that the
+# variable below turns bars off in the commands the tests start, not in the
+# tests' own process, where only a test that asks for a bar gets one.
+import tqdm  # noqa: F401
+
 from tests.waits import wait_until
 
 os.environ.setdefault("TQDM_DISABLE", "1")

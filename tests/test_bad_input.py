@@ -227,7 +227,7 @@ def test_an_unknown_on_error_is_a_value_error_naming_the_choices(backend: str, e
 
 
 @pytest.mark.parametrize("entry", POOL_OPTIONS)
-@pytest.mark.parametrize("name", ["threads", "Process", "", "dask"])
+@pytest.mark.parametrize("name", ["threads", "Process", "", "spark"])
 def test_an_unknown_backend_name_is_a_value_error_naming_the_choices(entry: str, name: str) -> None:
     with pytest.raises(ValueError) as caught:
         POOL_OPTIONS[entry](backend=name)
@@ -253,7 +253,7 @@ def test_a_function_that_cannot_be_pickled_fails_naming_the_function_and_the_fir
     assert "cannot pickle '_thread.lock' object" in str(error)
     notes = notes_of(error)
     assert "locked_double" in notes
-    assert "could not be pickled to send it to a process worker" in notes
+    assert "could not be pickled to send it to a worker" in notes
     assert names_item(error, 0)
 
 
@@ -303,7 +303,7 @@ def test_an_item_that_cannot_be_pickled_raises_naming_its_index_and_the_cause() 
     error = caught.value
     assert names_item(error, 7)
     assert "Unpicklable('bad')" in notes_of(error)
-    assert "could not be pickled to send it to a process worker" in notes_of(error)
+    assert "could not be pickled to send it to a worker" in notes_of(error)
 
 
 @pytest.mark.parametrize("chunksize", [1, 10, None])

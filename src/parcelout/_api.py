@@ -49,6 +49,8 @@ def imap(
     journal: str | os.PathLike[str] | Journal | None = ...,
     key: Callable[[T], str | int] | None = ...,
     retry_failed: bool = ...,
+    client: Any = ...,
+    address: str | None = ...,
 ) -> Generator[R, None, None]: ...
 @overload
 def imap(
@@ -73,6 +75,8 @@ def imap(
     journal: str | os.PathLike[str] | Journal | None = ...,
     key: Callable[[T], str | int] | None = ...,
     retry_failed: bool = ...,
+    client: Any = ...,
+    address: str | None = ...,
 ) -> Generator[R | Failure[T], None, None]: ...
 def imap(
     fn: Callable[[T], R],
@@ -96,6 +100,8 @@ def imap(
     journal: str | os.PathLike[str] | Journal | None = None,
     key: Callable[[T], str | int] | None = None,
     retry_failed: bool = False,
+    client: Any = None,
+    address: str | None = None,
 ) -> Generator[Any, None, None]:
     """Apply ``fn`` to each item on a pool of workers; yield results in input order.
 
@@ -137,6 +143,9 @@ def imap(
             int); by default its input index and a hash of its pickle.
         retry_failed: with a journal, run again the items that failed before
             (by default their stored failures are given again).
+        client, address: with ``backend="dask"``, the ``distributed.Client``
+            to run on or the address of a Dask scheduler; by default a
+            ``LocalCluster`` is started for the run and closed after it.
 
     Raises:
         TypeError: ``fn`` is not callable, or an option has the wrong type.
@@ -170,6 +179,8 @@ def imap(
         journal=journal,
         key=key,
         retry_failed=retry_failed,
+        client=client,
+        address=address,
     )
     return flatten(batches)
 
@@ -197,6 +208,8 @@ def _batches(
     journal: str | os.PathLike[str] | Journal | None = None,
     key: Callable[[Any], Any] | None = None,
     retry_failed: bool = False,
+    client: Any = None,
+    address: str | None = None,
     _on_plan: Callable[[Plan], object] | None = None,
 ) -> Generator[list[Any], None, None]:
     """Check every option now, at the call; return the stream, a list of
@@ -210,6 +223,8 @@ def _batches(
         initargs=initargs,
         start_method=start_method,
         max_tasks_per_worker=max_tasks_per_worker,
+        client=client,
+        address=address,
     )
     policy = make_policy(timeout, retries, retry_on, backoff, max_crashes)
     if timeout is not None and pool_options.kind == "serial":
@@ -289,6 +304,8 @@ def _owned(
             initargs=pool_options.initargs,
             start_method=pool_options.start_method,
             max_tasks_per_worker=pool_options.max_tasks_per_worker,
+            client=pool_options.client,
+            address=pool_options.address,
         )
         pools.append(pool)
         return pool

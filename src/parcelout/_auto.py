@@ -387,6 +387,8 @@ class AutoLane:
     def inline(self) -> bool:
         return self._lane is None or getattr(self._lane, "inline", False)
 
+    batch_seconds = TARGET_SECONDS  # its lanes are local
+
     @property
     def plan(self) -> Plan | None:
         return self.measurer.plan

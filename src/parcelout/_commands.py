@@ -33,6 +33,8 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, TextIO
 
+import cloudpickle
+
 import parcelout
 from parcelout._api import _batches
 from parcelout._journal import Journal, StoredOutcome, default_key, read_outcomes, read_summary, type_name
@@ -42,7 +44,7 @@ from parcelout.errors import JournalError, RemoteError, describe_item
 Key = str | int
 KeyOf = Callable[[int, Any], Key]
 TOP_ERRORS = 5  # error types named in the failure summary
-BACKEND_CHOICES = ("auto", "serial", "thread", "process")
+BACKEND_CHOICES = ("auto", "serial", "thread", "process", "dask", "ray")
 FLAG_OPTIONS = ("workers", "chunksize", "timeout", "retries")  # imap's keywords that are also flags of run
 
 
@@ -81,6 +83,11 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     run.add_argument("--output", metavar="FILE", help="write here, not to standard output")
     run.add_argument("--workers", type=int, metavar="N", help="how many workers (default: chosen)")
     run.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="where items run (default: auto)")
+    run.add_argument(
+        "--address",
+        metavar="URL",
+        help="with --backend dask or ray: the cluster to run on (tcp://host:8786 for Dask, host:6379 for Ray)",
+    )
     run.add_argument("--chunksize", type=int, metavar="N", help="items per batch (default: adaptive)")
     run.add_argument("--timeout", type=float, metavar="SECONDS", help="fail an item that runs longer than this")
     run.add_argument("--retries", type=int, default=0, metavar="N", help="run a failed item up to N more times")
@@ -114,6 +121,9 @@ def run_command(args: argparse.Namespace) -> int:
     """``parcelout run``: read the items, run them through ``imap``, write a line each, summarise."""
     _check_run_arguments(args)
     fn = find_function(args.function)
+    if args.backend in ("dask", "ray"):
+        # The cluster's workers may not have the user's module: send its code with the function.
+        cloudpickle.register_pickle_by_value(sys.modules[args.function.partition(":")[0]])
     options = imap_options(args)
     with contextlib.ExitStack() as files:
         items = read_input(args, files)
@@ -167,6 +177,8 @@ def _check_run_arguments(args: argparse.Namespace) -> None:
         raise UsageError("--key FIELD names a field of JSON-object items: give --input FILE without --lines")
     if args.retry_failed and args.journal is None:
         raise UsageError("--retry-failed reruns the failed items of a journal: give --journal PATH")
+    if args.address is not None and args.backend not in ("dask", "ray"):
+        raise UsageError("--address names a cluster: give --backend dask or --backend ray too")
     if args.force and args.journal is None:
         raise UsageError("--force resumes from a journal that does not match: give --journal PATH")
 
@@ -360,6 +372,8 @@ def imap_options(args: argparse.Namespace) -> dict[str, Any]:
         "retries": args.retries,
         "progress": sys.stderr.isatty(),
     }
+    if args.address is not None:
+        options["address"] = args.address
     if args.journal is not None:
         options.update(journal=Journal(args.journal, force=args.force), retry_failed=args.retry_failed)
         if args.key is not None:

@@ -444,6 +444,10 @@ class JournalLane:
         return bool(self._inner.inline)
 
     @property
+    def batch_seconds(self) -> float:
+        return float(self._inner.batch_seconds)
+
+    @property
     def plan(self) -> Any:
         return getattr(self._inner, "plan", None)
 

@@ -12,7 +12,8 @@ from typing import Any, Literal
 from parcelout._core._messages import DEFAULT_POLICY, Policy
 
 OnError = Literal["raise", "return", "skip"]
-BACKEND_NAMES = ("auto", "serial", "thread", "process")
+BACKEND_NAMES = ("auto", "serial", "thread", "process", "dask", "ray")
+CLUSTER_BACKENDS = ("dask", "ray")
 START_METHODS = ("fork", "forkserver", "spawn")
 ProgressSpec = bool | Callable[[int, int | None], object]
 RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], object]
@@ -118,6 +119,8 @@ class PoolOptions:
     max_tasks_per_worker: int | None = None
     thread_name_prefix: str = ""
     workers_name: str = "workers"
+    client: Any = None  # a cluster engine's client (backend="dask")
+    address: str | None = None  # or where its scheduler listens
 
     def __post_init__(self) -> None:
         if self.workers is not None:
@@ -136,6 +139,12 @@ class PoolOptions:
             raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}, not {self.start_method!r}")
         if self.max_tasks_per_worker is not None:
             positive_int(self.max_tasks_per_worker, "max_tasks_per_worker", message="max_tasks_per_child must be >= 1")
+        if (self.client is not None or self.address is not None) and self.backend not in CLUSTER_BACKENDS:
+            raise ValueError(f"client and address are for a cluster backend ({', '.join(CLUSTER_BACKENDS)})")
+        if self.client is not None and self.address is not None:
+            raise ValueError("give client or address, not both")
+        if self.address is not None and not isinstance(self.address, str):
+            raise TypeError(f"address must be a string such as 'tcp://host:8786', not {type(self.address).__name__}")
 
     @property
     def kind(self) -> str:

@@ -27,15 +27,19 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from parcelout._core._batcher import CLUSTER_TARGET_SECONDS, TARGET_SECONDS
 from parcelout._core._engine import BackendFactory, Engine
 from parcelout._core._messages import DEFAULT_POLICY, Batch, BatchResult, Call, Policy, Shutdown, Submitted
 from parcelout._core._scheduler import Scheduler
 from parcelout._journal import Journal
-from parcelout._options import PoolOptions, RetryOn, RunOptions, make_policy, positive_int
+from parcelout._options import CLUSTER_BACKENDS, PoolOptions, RetryOn, RunOptions, make_policy, positive_int
 from parcelout._stream import EngineLane, InlineLane, Lane, drive
 from parcelout.errors import InitializerFailed
+
+if TYPE_CHECKING:
+    from parcelout.backends._cluster import Cluster
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -48,7 +52,7 @@ _SERIAL_TIMEOUT = (
 
 # How many batches a worker may hold: a process worker gets the next batch
 # while it runs one, hiding the pipe's round trip; a thread needs no head start.
-_DEPTH = {"process": 2, "thread": 1, "custom": 1}
+_DEPTH = {"process": 2, "thread": 1, "custom": 1, "dask": 1, "ray": 1}
 
 
 class Pool(Executor):
@@ -75,6 +79,9 @@ class Pool(Executor):
             seconds before the n-th retry.
         max_crashes: an item under which this many workers died fails for
             good, whatever ``retries`` says.
+        client, address: for ``backend="dask"``: the ``distributed.Client``
+            to run on, or the address of a Dask scheduler to connect to;
+            neither starts a ``LocalCluster`` for the pool (closed with it).
 
     Raises:
         ValueError: ``workers`` is not greater than 0, or an unknown backend or
@@ -101,6 +108,8 @@ class Pool(Executor):
         retry_on: RetryOn | None = None,
         backoff: float = 0.0,
         max_crashes: int = DEFAULT_POLICY.max_crashes,
+        client: Any = None,
+        address: str | None = None,
     ) -> None:
         if workers is not None and max_workers is not None:
             raise TypeError("give workers or max_workers, not both")
@@ -116,6 +125,8 @@ class Pool(Executor):
             max_tasks_per_worker=max_tasks_per_worker or max_tasks_per_child,
             thread_name_prefix=thread_name_prefix,
             workers_name="workers" if max_workers is None else "max_workers",
+            client=client,
+            address=address,
         )
         self._policy_args: dict[str, Any] = {
             "timeout": timeout,
@@ -129,7 +140,7 @@ class Pool(Executor):
             raise ValueError(_SERIAL_TIMEOUT)
         self._options = options
         self._kind = options.kind
-        self._size = options.size
+        factory, self._size = _backend_and_size(options)
         self._ids = itertools.count()
         self._lock = threading.Lock()
         self._closed = False
@@ -145,7 +156,7 @@ class Pool(Executor):
                 max_items_per_worker=options.max_tasks_per_worker,
                 clock=time.monotonic,
             )
-            self._engine = Engine(scheduler, _backend_factory(options), name="parcelout-dispatcher")
+            self._engine = Engine(scheduler, factory, name="parcelout-dispatcher")
             finalizer = weakref.finalize(self, self._engine.post, Shutdown())
             finalizer.atexit = False
         _live.add(self)
@@ -329,7 +340,8 @@ class Pool(Executor):
         """Where one stream's batches go: the engine, or the caller's thread."""
         if self._engine is None:
             return InlineLane(self._initialize_inline)
-        return EngineLane(self._engine, self._size, self._ids)
+        batch_seconds = CLUSTER_TARGET_SECONDS if self._kind in CLUSTER_BACKENDS else TARGET_SECONDS
+        return EngineLane(self._engine, self._size, self._ids, batch_seconds)
 
     # ------------------------------------------------------------ internals
     def _initialize_inline(self) -> None:
@@ -445,6 +457,31 @@ def _results(
     finally:
         for future, _, _ in futures:
             future.cancel()
+
+
+def _backend_and_size(options: PoolOptions) -> tuple[BackendFactory, int]:
+    """The backend factory for these options, and how many workers it has."""
+    if options.kind in ("dask", "ray"):
+        from parcelout.backends._cluster import SLOTS_PER_CPU, ClusterBackend
+
+        cluster = _open_cluster(options)
+        factory: BackendFactory = functools.partial(
+            ClusterBackend, cluster=cluster, initializer=options.initializer, initargs=options.initargs
+        )
+        # Two batches per worker: one running, one waiting on the cluster.
+        return factory, SLOTS_PER_CPU * options.workers if options.workers else cluster.slots()
+    return _backend_factory(options), options.size
+
+
+def _open_cluster(options: PoolOptions) -> Cluster:
+    """Connect to (or start) the cluster engine that ``backend`` names."""
+    if options.kind == "dask":
+        from parcelout.backends._dask import DaskCluster
+
+        return DaskCluster(options.client, options.address, options.workers)
+    from parcelout.backends._ray import RayCluster
+
+    return RayCluster(options.client, options.address, options.workers)
 
 
 def _backend_factory(options: PoolOptions) -> BackendFactory:

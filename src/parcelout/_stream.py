@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, Protocol
 
-from parcelout._core._batcher import Batcher
+from parcelout._core._batcher import TARGET_SECONDS, Batcher
 from parcelout._core._collector import Collector
 from parcelout._core._engine import Engine
 from parcelout._core._feeder import Feeder
@@ -43,6 +43,10 @@ class Lane(Protocol):
     def inline(self) -> bool:
         """Whether it runs each batch in the caller's thread when submitted."""
 
+    @property
+    def batch_seconds(self) -> float:
+        """How long a batch should take, to amortise a round trip to a worker."""
+
     def submit(self, call: Call, items: list[tuple[int, Any]], policy: Policy) -> None: ...
 
     def next_result(self) -> BatchResult: ...
@@ -57,8 +61,9 @@ class Lane(Protocol):
 class EngineLane:
     inline = False
 
-    def __init__(self, engine: Engine, workers: int, ids: Iterator[int]) -> None:
+    def __init__(self, engine: Engine, workers: int, ids: Iterator[int], batch_seconds: float = TARGET_SECONDS) -> None:
         self.workers = workers
+        self.batch_seconds = batch_seconds
         self._engine = engine
         self._ids = ids
         self._group = next(_groups)
@@ -87,6 +92,7 @@ class InlineLane:
 
     workers = 1
     inline = True
+    batch_seconds = TARGET_SECONDS
 
     def __init__(self, prepare: Callable[[], None] = lambda: None) -> None:
         self._done: deque[BatchResult] = deque()
@@ -190,7 +196,7 @@ def _drive(
 ) -> Generator[list[Any], None, None]:
     total = length_of(items)
     feeder = Feeder(items)
-    batcher = Batcher(lane.workers, options.chunksize, total)
+    batcher = Batcher(lane.workers, options.chunksize, total, lane.batch_seconds)
     collector = Collector(ordered)
     progress = Progress(options.progress, total)
     on_error = options.on_error

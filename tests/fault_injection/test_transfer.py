@@ -96,7 +96,7 @@ class TransferFault:
 
 TRANSFER_FAULTS = {
     "pickling-the-item": TransferFault(
-        faults.double, Unpicklable("item 3"), PickleRefused, "could not be pickled to send it to a process worker"
+        faults.double, Unpicklable("item 3"), PickleRefused, "could not be pickled to send it to a worker"
     ),
     "unpickling-the-item": TransferFault(
         faults.double, UnpicklesBadly("item 3"), UnpickleRefused, "could not be unpickled in the worker process"

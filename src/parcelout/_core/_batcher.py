@@ -2,8 +2,10 @@
 
 A fixed ``chunksize`` is used as given. Otherwise the size adapts: it starts
 at one item, measures how long items take on the workers, and aims for
-batches of about ``TARGET_SECONDS``, long enough to amortise the round trip to
-a worker and short enough to balance the tail. Where the input's length is
+batches of about ``target`` seconds (``TARGET_SECONDS`` for local workers,
+``CLUSTER_TARGET_SECONDS`` for a cluster engine, whose round trip costs
+milliseconds), long enough to amortise the round trip to a worker and short
+enough to balance the tail. Where the input's length is
 known, a batch never exceeds a quarter of each worker's share, so that every
 worker gets several batches.
 """
@@ -13,12 +15,16 @@ from __future__ import annotations
 import math
 
 TARGET_SECONDS = 0.02
+CLUSTER_TARGET_SECONDS = 0.1
 UNKNOWN_LENGTH_CAP = 4096
 
 
 class Batcher:
-    def __init__(self, workers: int, chunksize: int | None = None, total: int | None = None) -> None:
+    def __init__(
+        self, workers: int, chunksize: int | None = None, total: int | None = None, target: float = TARGET_SECONDS
+    ) -> None:
         self._fixed = chunksize
+        self._target = target
         self._total = total
         self.workers = workers
         self._per_item: float | None = None
@@ -40,5 +46,5 @@ class Batcher:
             return
         per_item = seconds / items
         self._per_item = per_item if self._per_item is None else 0.5 * (self._per_item + per_item)
-        ideal = TARGET_SECONDS / max(self._per_item, 1e-9)
+        ideal = self._target / max(self._per_item, 1e-9)
         self._size = max(1, min(self._cap, int(ideal)))

@@ -41,10 +41,9 @@ from typing import Any
 
 import cloudpickle
 
-from parcelout._core._messages import Batch, BatchDone, Call, Event, InitFailed, ItemStarted, WorkerExited
+from parcelout._core._messages import Batch, BatchDone, Event, InitFailed, ItemStarted, WorkerExited
 from parcelout.backends import _child
 from parcelout.backends import _wire as wire
-from parcelout.errors import RemoteError, RemoteTraceback, describe_item
 
 Context = multiprocessing.context.BaseContext
 _PRELOAD = ["__main__", "parcelout.backends._child"]
@@ -133,13 +132,13 @@ class ProcessBackend:
         if proc is None:
             return  # it died; its WorkerExited is on the way and the scheduler requeues
         call, n = batch.call, len(batch.items)
-        fn_bytes = _function_bytes(call)
+        fn_bytes = wire.function_bytes(call)
         if isinstance(fn_bytes, BaseException):
             self._report(BatchDone(worker, batch.id, [None] * n, dict.fromkeys(range(n), fn_bytes), 0.0))
             return
         starts = batch.policy.timeout is not None
         buffers: list[memoryview] = []
-        payload, errors = _encode_items(batch, buffers)
+        payload, errors = wire.encode_items(batch, buffers)
         sizes = [buffer.nbytes for buffer in buffers]
         header = (batch.id, call.token, None if call.token in proc.known else fn_bytes, call.star, n, starts, sizes)
         if errors:
@@ -283,13 +282,13 @@ class ProcessBackend:
             proc.ready = True
             return
         if reply[0] == "init_failed":
-            self._report(InitFailed(proc.id, _failures(reply[1], [0])[0]))
+            self._report(InitFailed(proc.id, wire.decode_failures(reply[1], [0])[0]))
             return
         _, batch_id, elapsed, blob, positions, failures, _sizes = reply
         values, errors = wire.decode(
             blob, lambda _: "parcelout: the item's result could not be unpickled in the parent process", buffers
         )
-        errors.update(_failures(failures, positions))
+        errors.update(wire.decode_failures(failures, positions))
         errors.update(proc.send_errors.pop(batch_id, {}))
         self._report(BatchDone(proc.id, batch_id, values, errors, elapsed))
 
@@ -349,23 +348,6 @@ def _size(kib: int) -> str:
     return f"{kib / 1024:.0f} MiB" if kib < 1024 * 1024 else f"{kib / 1024 / 1024:.1f} GiB"
 
 
-def _failures(blob: bytes, positions: list[int]) -> dict[int, BaseException]:
-    """The exceptions a worker sent, by position, each with its traceback."""
-    note = "parcelout: the item's exception could not be unpickled in the parent process"
-    pairs, broken = wire.decode(blob, lambda _: note)
-    errors: dict[int, BaseException] = {}
-    for at, (pos, pair) in enumerate(zip(positions, pairs, strict=True)):
-        if at in broken:
-            errors[pos] = broken[at]
-        elif pair is None:
-            errors[pos] = RemoteError("unknown", "the worker could not send this item's exception", "pickling failed")
-        else:
-            exc, tb = pair
-            exc.__cause__ = RemoteTraceback(tb)
-            errors[pos] = exc
-    return errors
-
-
 @contextlib.contextmanager
 def _main_without_a_missing_file() -> Iterator[None]:
     """Start workers of a main module that has no file to import again.
@@ -402,30 +384,3 @@ def _pickle_initializer(initializer: Callable[..., object], initargs: tuple[Any,
     except Exception as exc:
         exc.add_note("parcelout: the initializer and its initargs could not be pickled for a process worker")
         raise
-
-
-def _function_bytes(call: Call) -> bytes | BaseException:
-    """The pickled function, made once per call and kept on it."""
-    if call.payload is None:
-        try:
-            call.payload = bytes(cloudpickle.dumps(call.fn))
-        except Exception as exc:
-            exc.add_note(f"parcelout: the function {call.fn!r} could not be pickled to send it to a process worker")
-            call.payload = exc
-    return call.payload
-
-
-def _encode_items(batch: Batch, buffers: list[memoryview]) -> tuple[bytes, dict[int, BaseException]]:
-    """The batch's items as one message (and their large ``buffers``); those
-    that cannot be pickled are left out and come back as their pickling error."""
-    items = batch.items
-
-    def note(pos: int) -> str:
-        index, item = items[pos]
-        if batch.call.star:  # a submitted call: its arguments
-            args, kwargs = item
-            what = f"the arguments {describe_item(args)}" + (f" and {describe_item(kwargs)}" if kwargs else "")
-            return f"parcelout: {what} could not be pickled to send them to a process worker"
-        return f"parcelout: item {index} ({describe_item(item)}) could not be pickled to send it to a process worker"
-
-    return wire.encode([item for _, item in items], note, buffers)

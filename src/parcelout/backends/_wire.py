@@ -28,6 +28,9 @@ from typing import Any
 
 import cloudpickle
 
+from parcelout._core._messages import Batch, Call
+from parcelout.errors import RemoteError, RemoteTraceback, describe_item
+
 _WHOLE = b"W"
 _EACH = b"E"
 # Buffers at least this large travel out of band; smaller ones are cheaper to copy.
@@ -126,3 +129,48 @@ def decode(
             errors[pos] = exc
             out.append(None)
     return out, errors
+
+
+# ---------------------------------------------------------------- batches
+def function_bytes(call: Call) -> bytes | BaseException:
+    """The pickled function, made once per call and kept on it."""
+    if call.payload is None:
+        try:
+            call.payload = bytes(cloudpickle.dumps(call.fn))
+        except Exception as exc:
+            exc.add_note(f"parcelout: the function {call.fn!r} could not be pickled to send it to a worker")
+            call.payload = exc
+    return call.payload
+
+
+def encode_items(batch: Batch, buffers: list[memoryview] | None) -> tuple[bytes, dict[int, BaseException]]:
+    """The batch's items as one message (and their large ``buffers``); those
+    that cannot be pickled are left out and come back as their pickling error."""
+    items = batch.items
+
+    def note(pos: int) -> str:
+        index, item = items[pos]
+        if batch.call.star:  # a submitted call: its arguments
+            args, kwargs = item
+            what = f"the arguments {describe_item(args)}" + (f" and {describe_item(kwargs)}" if kwargs else "")
+            return f"parcelout: {what} could not be pickled to send them to a worker"
+        return f"parcelout: item {index} ({describe_item(item)}) could not be pickled to send it to a worker"
+
+    return encode([item for _, item in items], note, buffers)
+
+
+def decode_failures(blob: bytes, positions: list[int]) -> dict[int, BaseException]:
+    """The exceptions a worker sent, by position, each with its traceback."""
+    note = "parcelout: the item's exception could not be unpickled in the parent process"
+    pairs, broken = decode(blob, lambda _: note)
+    errors: dict[int, BaseException] = {}
+    for at, (pos, pair) in enumerate(zip(positions, pairs, strict=True)):
+        if at in broken:
+            errors[pos] = broken[at]
+        elif pair is None:
+            errors[pos] = RemoteError("unknown", "the worker could not send this item's exception", "pickling failed")
+        else:
+            exc, tb = pair
+            exc.__cause__ = RemoteTraceback(tb)
+            errors[pos] = exc
+    return errors
