@@ -17,6 +17,7 @@ A bad option fails at the call, before any worker starts (the autouse check in
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -614,3 +615,12 @@ def test_a_pool_goes_on_after_an_input_that_raises(backend: str) -> None:
         assert sorted(got) == [0, 2, 4, 6]  # type: ignore[type-var]
         assert isinstance(error, InputBroke)
         the_pool_still_works(pool)
+
+
+@pytest.mark.parametrize(("backend", "module"), [("dask", "distributed"), ("ray", "ray")])
+def test_a_cluster_backend_without_its_extra_names_the_extra(
+    backend: str, module: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # as if it were not installed
+    with pytest.raises(ImportError, match=rf"pip install 'parcelout\[{backend}\]'"):
+        parcelout.map(faults.double, range(3), backend=backend)

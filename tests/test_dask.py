@@ -265,12 +265,6 @@ def test_an_own_local_cluster_is_closed_after_the_run() -> None:
     # the leak check (conftest) then finds no process of that cluster left
 
 
-def test_the_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "distributed", None)
-    with pytest.raises(ImportError, match=r"pip install 'parcelout\[dask\]'"):
-        parcelout.map(square, range(3), backend="dask")
-
-
 def test_client_and_address_are_for_cluster_backends() -> None:
     with pytest.raises(ValueError, match="client and address are for a cluster backend"):
         parcelout.map(square, range(3), backend="thread", address="tcp://127.0.0.1:1")

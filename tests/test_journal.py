@@ -3,6 +3,7 @@ finished work; a journal that does not fit the run is refused, clearly."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -276,7 +277,9 @@ def test_a_damaged_journal_is_refused_and_nothing_runs(damage: str, tmp_path: Pa
         journal.write_bytes(data[:4096] + b"\xff" * (len(data) - 8192) + data[-4096:])
     else:
         journal.unlink()
-        sqlite3.connect(journal).execute("CREATE TABLE t (x)").connection.commit()
+        with contextlib.closing(sqlite3.connect(journal)) as other:
+            other.execute("CREATE TABLE t (x)")
+            other.commit()
     with pytest.raises(JournalError, match=r"damaged|not a parcelout journal"):
         parcelout.map(Logged(log), range(3000), journal=journal, backend="serial")
     assert not log.exists()
@@ -433,7 +436,8 @@ def test_the_demo_resume_step_redoes_nothing_the_caller_saw() -> None:
 def test_each_item_records_when_and_where_it_ran(backend: str, tmp_path: Path) -> None:
     journal = tmp_path / "run.db"
     parcelout.map(triple, range(20), journal=journal, backend=backend, workers=2)
-    rows = sqlite3.connect(journal).execute("SELECT status, attempts, started, finished, seconds, worker FROM items")
+    with contextlib.closing(sqlite3.connect(journal)) as db:
+        rows = db.execute("SELECT status, attempts, started, finished, seconds, worker FROM items").fetchall()
     for status, attempts, started, finished, seconds, worker in rows:
         assert (status, attempts) == ("done", 1)
         assert started <= finished

@@ -380,10 +380,13 @@ class JournalFile:
 
 def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10, check_same_thread=False)
-    else:
-        db = sqlite3.connect(path, timeout=10, isolation_level="DEFERRED", check_same_thread=False)
+        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10, check_same_thread=False)
+    db = sqlite3.connect(path, timeout=10, isolation_level="DEFERRED", check_same_thread=False)
+    try:
         db.execute("PRAGMA journal_mode=WAL")
+    except BaseException:
+        db.close()
+        raise
     return db
 
 
@@ -717,8 +720,12 @@ def _open_for_reading(path: str | os.PathLike[str]) -> sqlite3.Connection:
     _check_header(path)
     try:
         db = _connect(path, readonly=True)
+    except sqlite3.DatabaseError as exc:
+        raise JournalError(f"{path} is not a readable parcelout journal ({exc})") from exc
+    try:
         db.execute("SELECT version FROM run").fetchone()
     except sqlite3.DatabaseError as exc:
+        db.close()
         raise JournalError(f"{path} is not a readable parcelout journal ({exc})") from exc
     return db
 
