@@ -4,11 +4,13 @@ Every input item ends as exactly one result or one failure; nothing hangs and
 no worker outlives its pool.
 """
 
+from parcelout import sync
 from parcelout._api import explain, imap, imap_unordered, map
 from parcelout._auto import Plan
 from parcelout._failure import Failure
 from parcelout._journal import Journal, read_outcomes, read_summary
 from parcelout._pool import Pool
+from parcelout._stress import RaceDetected, StressReport, stress
 from parcelout.errors import (
     InitializerFailed,
     JournalError,
@@ -25,6 +27,8 @@ __all__ = [
     "Journal",
     "JournalError",
     "Pool",
+    "RaceDetected",
+    "StressReport",
     "RemoteError",
     "RemoteTraceback",
     "TaskTimeout",
@@ -35,9 +39,23 @@ __all__ = [
     "map",
     "read_outcomes",
     "read_summary",
+    "stress",
+    "sync",
 ]
 
-for _name in ("imap", "imap_unordered", "map", "explain", "Failure", "Journal", "Plan", "Pool"):
+for _name in (
+    "imap",
+    "imap_unordered",
+    "map",
+    "explain",
+    "Failure",
+    "Journal",
+    "Plan",
+    "Pool",
+    "stress",
+    "RaceDetected",
+    "StressReport",
+):
     globals()[_name].__module__ = "parcelout"
 del _name
 
