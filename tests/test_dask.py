@@ -26,6 +26,7 @@ import pytest
 import parcelout
 from parcelout import Failure, TaskTimeout
 from parcelout._journal import read_outcomes
+from tests.cluster_work import fail_on_3, slow_on_2, square
 from tests.waits import wait_until
 
 distributed = pytest.importorskip("distributed")
@@ -108,16 +109,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             _stop(group)
 
 
-def square(x: int) -> int:
-    return x * x
-
-
-def fail_on_3(x: int) -> int:
-    if x % 10 == 3:
-        raise ValueError(f"three: {x}")
-    return x
-
-
 class Unpicklable:
     def __reduce__(self) -> Any:
         raise TypeError("this item refuses to be pickled")
@@ -153,12 +144,6 @@ def test_failures_stay_with_their_items(cluster: str) -> None:
             assert outcome == index
     with pytest.raises(ValueError, match="three: 3"):
         parcelout.map(fail_on_3, range(40), backend="dask", address=cluster)
-
-
-def slow_on_2(x: int) -> int:
-    if x == 2:
-        threading.Event().wait(20)
-    return x
 
 
 def test_timeout_and_retries(cluster: str) -> None:

@@ -21,6 +21,7 @@ import pytest
 
 import parcelout
 from parcelout import Failure, TaskTimeout
+from tests.cluster_work import fail_on_3, slow_on_2, square
 from tests.waits import wait_until
 
 ray = pytest.importorskip("ray")
@@ -39,22 +40,6 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def square(x: int) -> int:
-    return x * x
-
-
-def fail_on_3(x: int) -> int:
-    if x % 10 == 3:
-        raise ValueError(f"three: {x}")
-    return x
-
-
-def slow_on_2(x: int) -> int:
-    if x == 2:
-        threading.Event().wait(20)
-    return x
 
 
 class Holds:

@@ -271,6 +271,7 @@ class Pool(Executor):
         journal: str | os.PathLike[str] | Journal | None = None,
         key: Callable[[T], str | int] | None = None,
         retry_failed: bool = False,
+        _ordered: bool = True,
         **policy: Any,
     ) -> Generator[Any, None, None]:
         """Results of ``fn`` over ``items`` in input order, lazily (see ``parcelout.imap``).
@@ -289,34 +290,11 @@ class Pool(Executor):
             key,
             retry_failed,
         )
-        return self._stream(fn, items, options, ordered=True)
+        return self._stream(fn, items, options, ordered=_ordered)
 
-    def imap_unordered(
-        self,
-        fn: Callable[[T], R],
-        items: Iterable[T],
-        *,
-        chunksize: int | None = None,
-        window: int | None = None,
-        on_error: str = "raise",
-        progress: Any = False,
-        journal: str | os.PathLike[str] | Journal | None = None,
-        key: Callable[[T], str | int] | None = None,
-        retry_failed: bool = False,
-        **policy: Any,
-    ) -> Generator[Any, None, None]:
-        """As ``imap``, in the order the results complete."""
-        options = RunOptions(
-            chunksize,
-            window,
-            on_error,  # type: ignore[arg-type]
-            progress,
-            self._policy_for(policy),
-            Journal.of(journal),
-            key,
-            retry_failed,
-        )
-        return self._stream(fn, items, options, ordered=False)
+    def imap_unordered(self, fn: Callable[[T], R], items: Iterable[T], **options: Any) -> Generator[Any, None, None]:
+        """As ``imap`` (the same options), in the order the results complete."""
+        return self.imap(fn, items, _ordered=False, **options)
 
     def _policy_for(self, overrides: dict[str, Any]) -> Policy:
         unknown = set(overrides) - set(self._policy_args)
