@@ -6,13 +6,17 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import parcelout
+import parcelout._auto
+from parcelout._api import _batches
 from parcelout._auto import TINY_SECONDS
 from parcelout._options import usable_cpus
 
@@ -181,3 +185,71 @@ def test_a_pool_cannot_measure_so_its_auto_means_processes() -> None:
         assert pool.backend == "process"
         pids = set(pool.map(worker_pid, range(8)))
     assert os.getpid() not in pids
+
+
+# The first item runs long: it ends only when the test has every other result.
+FIRST_MAY_END = threading.Event()
+
+
+def first_waits_for_the_rest(x: int) -> int:
+    if x == 0:
+        if not FIRST_MAY_END.wait(60):  # the work itself: a long wait
+            raise TimeoutError("the other items never came back")
+        return -1
+    return x
+
+
+def first_computes_until_the_rest(x: int) -> int:
+    if x == 0:
+        spins = 0
+        while not FIRST_MAY_END.is_set():  # pure Python, holding the GIL between checks
+            spins += 1
+            if spins > 500_000_000:
+                raise TimeoutError("the other items never came back")
+        return -1
+    return holds_the_gil(x)
+
+
+@pytest.mark.parametrize(
+    ("fn", "backend"),
+    [(first_waits_for_the_rest, "thread"), pytest.param(first_computes_until_the_rest, "process", marks=two_cpus)],
+)
+def test_a_long_first_item_does_not_hold_up_the_choice_or_the_rest(fn: Any, backend: str) -> None:
+    FIRST_MAY_END.clear()
+    interval = sys.getswitchinterval()
+    plans: list[parcelout.Plan] = []
+    outcomes = _batches(fn, range(60), ordered=False, _on_plan=plans.append)
+    seen: list[int] = []
+    try:
+        for batch in outcomes:
+            seen.extend(batch)
+            if len(seen) == 59:  # every item but the first: only now may it end
+                FIRST_MAY_END.set()
+    finally:
+        FIRST_MAY_END.set()
+    assert sorted(seen) == sorted([-1] + [fn(x) for x in range(1, 60)])
+    assert seen[-1] == -1  # the first item ended last
+    assert [plan.backend for plan in plans] == [backend], plans
+    assert sys.getswitchinterval() == interval  # lowered while the first item ran on, then restored
+
+
+@two_cpus
+@pytest.mark.parametrize(("fn", "backend"), [(tiny, "serial"), (waits, "thread"), (holds_the_gil, "process")])
+def test_where_threads_cannot_be_timed_while_they_run_each_batch_is_judged_when_it_ends(
+    monkeypatch: pytest.MonkeyPatch, fn: Any, backend: str
+) -> None:
+    # (Judged from finished batches only, a GIL-free function may pass for a
+    # GIL-holding one, which costs speed, never parallelism: not asserted.)
+    monkeypatch.setattr(parcelout._auto, "LIVE", False)
+    assert parcelout.explain(fn, range(1000)).backend == backend
+
+
+def interrupts(x: int) -> int:
+    if x == 3:
+        raise KeyboardInterrupt
+    return x
+
+
+def test_a_keyboard_interrupt_raised_by_a_measured_item_reaches_the_caller() -> None:
+    with pytest.raises(KeyboardInterrupt):
+        parcelout.map(interrupts, range(100))

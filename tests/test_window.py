@@ -5,6 +5,7 @@ parent's memory stays flat."""
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Iterator
 
 import psutil
@@ -78,3 +79,38 @@ def test_millions_of_items_in_flat_memory(backend: str) -> None:
     assert most <= window
     # 1.8 million more items held would be well over 50 MiB.
     assert grown < 30 * 2**20, f"memory grew by {grown / 2**20:.1f} MiB"
+
+
+class HeadWaits:
+    """Item 0 ends only once every other item has run."""
+
+    def __init__(self, total: int, patience: float) -> None:
+        self.total = total
+        self.patience = patience
+        self.ran = 0
+        self.lock = threading.Lock()
+        self.rest_ran = threading.Event()
+
+    def __call__(self, x: int) -> int:
+        if x == 0:
+            if not self.rest_ran.wait(self.patience):  # the work itself: a long first item
+                raise TimeoutError(f"only {self.ran} of the other items ran")
+            return -1
+        with self.lock:
+            self.ran += 1
+            if self.ran == self.total - 1:
+                self.rest_ran.set()
+        return x
+
+
+def test_map_goes_past_a_slow_item_while_imap_keeps_its_window() -> None:
+    # map holds every result anyway: its window bounds only the items out at
+    # the workers, so one slow item does not stop them.
+    head = HeadWaits(500, patience=30)
+    assert parcelout.map(head, range(500), backend="thread", workers=2, chunksize=1) == [-1, *range(1, 500)]
+    # imap yields in order, and its window bounds what waits for the slow item:
+    # the first item gives up after a second, with the rest held back.
+    head = HeadWaits(500, patience=1)
+    with pytest.raises(TimeoutError, match="of the other items ran"):
+        list(parcelout.imap(head, range(500), backend="thread", workers=2, chunksize=1, window=20))
+    assert 0 < head.ran < 20

@@ -20,7 +20,7 @@ from parcelout._failure import Failure
 from parcelout._journal import Journal
 from parcelout._options import POLICY_OPTION_NAMES, OnError, PoolOptions, ProgressSpec, RetryOn, RunOptions, make_policy
 from parcelout._pool import Pool, check_callable
-from parcelout._stream import Lane, drive_batches, flatten, length_of
+from parcelout._stream import InlineLane, Lane, drive_batches, flatten, length_of
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -211,10 +211,12 @@ def _batches(
     client: Any = None,
     address: str | None = None,
     _on_plan: Callable[[Plan], object] | None = None,
+    _keeps_results: bool = False,
 ) -> Generator[list[Any], None, None]:
     """Check every option now, at the call; return the stream, a list of
     outcomes at a time. ``_on_plan`` (for ``parcelout run --verbose``) is
-    given the plan ``backend="auto"`` makes."""
+    given the plan ``backend="auto"`` makes; ``_keeps_results``: see
+    ``RunOptions.keeps_results``."""
     check_callable(fn)
     pool_options = PoolOptions(
         workers=workers,
@@ -229,7 +231,9 @@ def _batches(
     policy = make_policy(timeout, retries, retry_on, backoff, max_crashes)
     if timeout is not None and pool_options.kind == "serial":
         raise ValueError("timeout needs thread or process workers: the serial backend cannot stop an item")
-    run = RunOptions(chunksize, window, on_error, progress, policy, Journal.of(journal), key, retry_failed)
+    run = RunOptions(
+        chunksize, window, on_error, progress, policy, Journal.of(journal), key, retry_failed, _keeps_results
+    )
     return _owned(pool_options, fn, items, run, ordered=ordered, on_plan=_on_plan)
 
 
@@ -273,9 +277,15 @@ def map(
     **options: Any,
 ) -> list[R | Failure[T]]: ...
 def map(fn: Callable[[T], R], items: Iterable[T], *, on_error: OnError = "raise", **options: Any) -> list[Any]:
-    """``list(imap(fn, items, ...))``. Same options."""
+    """``list(imap(fn, items, ...))``. Same options.
+
+    Without a ``window``, a slow item does not stop the workers: the results
+    after it wait here in any number (the list holds them all anyway), and the
+    window bounds only the items out at the workers.
+    """
     out: list[Any] = []
-    for outcomes in _batches(fn, items, ordered=True, on_error=on_error, **options):
+    keeps = options.get("window") is None
+    for outcomes in _batches(fn, items, ordered=True, on_error=on_error, _keeps_results=keeps, **options):
         out.extend(outcomes)
     return out
 
@@ -339,7 +349,8 @@ def _auto_lane(
     *,
     on_plan: Callable[[Plan], object] | None,
 ) -> AutoLane:
-    inline = pool_for("serial", None)._new_lane()  # the measured items run here, after the initializer
+    inline = pool_for("serial", None)._new_lane()  # the initializer runs here, before anything is measured
+    assert isinstance(inline, InlineLane)
     return AutoLane(
         fn,
         total=length_of(items),
@@ -354,23 +365,24 @@ def _auto_lane(
 def explain(fn: Callable[..., Any], items: Iterable[Any], *, workers: int | None = None, **options: Any) -> Plan:
     """What ``backend="auto"`` would choose for ``fn`` over ``items``, and why.
 
-    Runs only the few first items it needs to measure, in the calling thread
-    (an iterator passed as ``items`` loses them); starts no worker. The
+    Runs only the few first items it needs to measure, in this process
+    (an iterator passed as ``items`` loses them), and returns when they have
+    finished; starts no worker. The
     result prints as a short report; see ``Plan``.
     """
     check_callable(fn)
     policy = make_policy(**{k: options.pop(k) for k in POLICY_OPTION_NAMES if k in options})
     pool_options = PoolOptions(workers=workers, **options)
-    plans: list[Plan] = []
     serial = Pool(1, "serial", initializer=pool_options.initializer, initargs=pool_options.initargs)
-    lane = AutoLane(
-        fn, total=length_of(items), workers=workers, inline=serial._new_lane(), make_lane=plans.append, policy=policy
-    )
+    inline = serial._new_lane()
+    assert isinstance(inline, InlineLane)
+    total = length_of(items)
+    lane = AutoLane(fn, total=total, workers=workers, inline=inline, make_lane=lambda plan: None, policy=policy)
     source = Feeder(items)
-    call = Call(fn)
-    while lane.plan is None and not source.exhausted:
-        lane.submit(call, source.take(lane.measurer.wanted()), policy)
-    serial.shutdown()
+    try:
+        plan = lane.measure(Call(fn), source.take, policy)
+    finally:
+        serial.shutdown()
     if source.error is not None and lane.measurer.measured == 0:
         raise source.error
-    return lane.finish_measuring()
+    return plan

@@ -1,30 +1,33 @@
 """``backend="auto"``: measure the function on the first items, then choose.
 
-The Python FAQ's rule, made a measurement. The first items run in the
-calling thread, timed by the wall clock and by the thread's CPU clock:
+The Python FAQ's rule, made a measurement. The first items run on a
+measuring thread, timed by the wall clock and by the thread's CPU clock,
+while the calling thread watches:
 
 * items of a few microseconds: ``serial`` (a worker costs more than it saves);
 * items that mostly wait (CPU time well under the wall time): ``thread``, with
   more workers than CPUs (as many as keep the CPUs busy, at most 32);
-* items that compute: a few more of them run on two threads at once. If they
-  finish nearly twice as fast, the function releases the GIL (C code such as
-  hashlib, NumPy, compression): ``thread``. Otherwise it holds the GIL:
-  ``process``, unless its items and results cost more to pickle than to
-  compute, or the whole run is too short to pay for starting processes:
-  then ``serial``.
+* items that compute: the next ones run on a second thread beside the first.
+  If the two run nearly twice as fast as one, the function releases the GIL
+  (C code such as hashlib, NumPy, compression): ``thread``. Otherwise it
+  holds the GIL: ``process``, unless its items and results cost more to
+  pickle than to compute, or the whole run is too short to pay for starting
+  processes: then ``serial``.
 
+On Linux a thread's CPU time can be read while it runs, so the choice does
+not wait for a slow item to end: an item that waits shows it within
+milliseconds, and one that computes for long is probed beside the next ones.
 On a free-threaded interpreter (no GIL) every kind of work goes to threads.
 The measured items are not wasted: their results are yielded in their place.
-With a ``timeout`` nothing is measured in the calling thread (an item there
-could not be stopped): the choice is ``process``.
+With a ``timeout`` nothing is measured in this process (an item here could not
+be stopped): the choice is ``process``.
 
-``AutoLane`` is a lane (see ``_stream``) that measures while the stream's
-first batches arrive and then hands everything to the lane it chose.
+``AutoLane`` is a lane (see ``_stream``) that measures the stream's first
+batches and then hands everything to the lane it chose.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import pickle
 import sys
@@ -38,7 +41,7 @@ from typing import Any
 import cloudpickle
 
 from parcelout._core._batcher import TARGET_SECONDS
-from parcelout._core._messages import BatchResult, Call, Policy
+from parcelout._core._messages import Batch, BatchResult, Call, Policy
 from parcelout._options import usable_cpus
 from parcelout._stream import InlineLane, Lane
 
@@ -51,22 +54,41 @@ MAX_SAMPLES = 10_000
 TINY_SAMPLES = 200
 # An item that took this long and mostly waited says enough on its own.
 TELLING_SECONDS = 0.001
+# A batch still running is looked at after this long: if it has spent under
+# this fraction on a CPU so far, the work waits.
+RUNNING_LOOK_SECONDS = 0.002
+RUNNING_WAITING_CPU_FRACTION = 0.2
 # Below this fraction of CPU time per wall time, the work waits.
 WAITING_CPU_FRACTION = 0.5
-# Two threads at once at least this much faster than one after the other: the
-# function releases the GIL.
-GIL_FREE_SPEEDUP = 1.4
-CLEARLY_GIL_FREE_SPEEDUP = 1.6
+# Two threads that ran at least this many at a time (by their CPU clocks): the
+# function releases the GIL. Threads taking turns at the GIL run 1.00 at a time;
+# a GIL-free function 1.9 or more on an idle machine, down to 1.0 on a shared
+# one whose host lends it fewer CPUs for a moment.
+GIL_FREE_SPEEDUP = 1.5
+# Threads taking turns at the GIL sleep about once per switch interval; GIL-free
+# ones hardly sleep. Two threads that ran at least MAYBE_GIL_FREE_SPEEDUP at a
+# time and slept less than this per switch interval release the GIL.
+GIL_WAITS_PER_INTERVAL = 0.5
+MAYBE_GIL_FREE_SPEEDUP = 1.15
+# Threads that ran about one at a time yet hardly slept (a busy machine, for a
+# GIL-holding function or a GIL-free one) are probed for up to this long.
+MAX_PROBE_SECONDS = 0.06
 # Fewer items left than this are not worth a probe (nor workers).
 MIN_PROBE_ITEMS = 4
 # Each of the two probing threads runs about this long.
 PROBE_SECONDS = 0.02
-# Probing threads that slept this often per switch interval took turns at the GIL.
-GIL_WAITS_PER_INTERVAL = 0.5
+# A probe cut shorter than this (the input ran out) tells nothing.
+MIN_PROBE_SECONDS = 0.002
 # A GIL-bound run shorter than this (estimated, serial) stays serial: starting
 # process workers and shipping the function costs about this much.
 PROCESS_WORTH_SECONDS = 0.15
 MAX_THREADS = 32
+# While two measuring threads may take turns at the GIL (the probe), and while a
+# measured item that holds it runs on after the choice of processes, the other
+# threads here take the GIL back this often: at the interpreter's default,
+# 5 ms per hand-over, the calling thread would judge late and the pool's own
+# threads would starve its workers.
+BUSY_SWITCH_INTERVAL = 0.0005
 
 
 @dataclass(frozen=True)
@@ -123,26 +145,42 @@ def _seconds(s: float) -> str:
     return f"{s:.2f} s"
 
 
-def _ready_seconds() -> float | None:
-    """Seconds this thread has run or waited to run (Linux schedstat), or None."""
+def _queued_seconds(native_id: int) -> float:
+    """Seconds a thread has waited in the kernel's run queue for a CPU (Linux
+    schedstat; 0 elsewhere): on a busy machine, time it would have run."""
     try:
-        with open(f"/proc/self/task/{threading.get_native_id()}/schedstat", "rb") as f:
-            running, waiting, _ = f.read().split()
-    except (OSError, ValueError):
-        return None
-    return (int(running) + int(waiting)) / 1e9
+        with open(f"/proc/self/task/{native_id}/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
-def _sleeps() -> int | None:
-    """How often this thread has slept (voluntary context switches, Linux), or None."""
+def _sleeps(native_id: int) -> int | None:
+    """How often a thread has slept (voluntary context switches, Linux), or None."""
     try:
-        with open(f"/proc/self/task/{threading.get_native_id()}/status", "rb") as f:
+        with open(f"/proc/self/task/{native_id}/status", "rb") as f:
             for line in f:
                 if line.startswith(b"voluntary_ctxt_switches:"):
                     return int(line.split()[1])
     except (OSError, ValueError):
         pass
     return None
+
+
+def _cpu_clock() -> int | None:
+    """This thread's CPU clock, readable from other threads while it runs (no
+    I/O, so reading it does not give up the GIL), or None where there is none."""
+    try:
+        clock = time.pthread_getcpuclockid(threading.get_ident())
+        time.clock_gettime(clock)
+    except (AttributeError, OSError):
+        return None
+    return clock
+
+
+# Whether a thread's CPU time can be read while it runs. Elsewhere the
+# measuring threads' batches are judged when they finish.
+LIVE = _cpu_clock() is not None
 
 
 def free_threaded() -> bool:
@@ -152,19 +190,21 @@ def free_threaded() -> bool:
 
 
 class Measurer:
-    """Runs items in the calling thread, times them, and decides."""
+    """Decides from the timings ``AutoLane`` hands it (under its lock)."""
 
     def __init__(self, fn: Callable[..., Any], total: int | None, workers: int | None) -> None:
         self._fn = fn
         self._total = total
         self._workers = workers
-        self._count = 0  # items timed in the calling thread
+        self._count = 0  # items finished on the first measuring thread, before the probe
         self._wall = 0.0
         self._cpu = 0.0
-        self._probed = 0  # items timed on two threads
+        self._running = 0.0  # wall time of the batch still running there, when it decided
+        self._running_cpu = 0.0
+        self._running_items = 0  # items of it finished then (at least 1: it counts as one)
+        self._probed = 0  # items finished from the probe on
         self._speedup: float | None = None
-        self._gil_waits: float | None = None  # sleeps per switch interval while probing
-        self._probe_per_item: float | None = None
+        self._gil_waits: float | None = None
         self._pickle: float | None = None
         self._sample: tuple[object, object] | None = None  # an item and its result
         self._pickle_failed = False
@@ -175,81 +215,58 @@ class Measurer:
     def measured(self) -> int:
         return self._count + self._probed
 
+    @property
+    def serial_wall(self) -> float:
+        return self._wall
+
     def wanted(self) -> int:
-        """How many items to measure next: doubling in this thread; enough
-        for about ``PROBE_SECONDS`` on each of two threads when probing."""
+        """How many items a batch should hold while measuring: doubling on one
+        thread; about ``PROBE_SECONDS`` of them for each of two when probing."""
         if self.probing:
-            return min(1000, max(4, 2 * math.ceil(PROBE_SECONDS / max(self._per_item(), 1e-9))))
+            return min(1000, max(2, math.ceil(PROBE_SECONDS / max(self._per_item(), 1e-9))))
         return min(1000, max(1, self._count))
 
-    def timed(self, run: Callable[[], tuple[list[Any], dict[int, BaseException]]], items: list[Any]) -> None:
-        """Run ``items`` (``run`` does) in this thread, timing them; decide
-        once that is enough."""
-        wall, cpu, ready = time.perf_counter(), time.thread_time(), _ready_seconds()
-        values, errors = run()
-        wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
-        if ready is not None and (now := _ready_seconds()) is not None:
-            cpu = now - ready  # waiting for a CPU on a busy machine is not waiting for I/O
-        self._count += len(items)
+    def finished(self, count: int, wall: float, cpu: float, sample: tuple[object, object] | None) -> None:
+        """A measuring thread finished ``count`` items in ``wall`` seconds, ``cpu``
+        of them on a CPU (or waiting for one); decide once that is enough."""
+        if self._sample is None:
+            self._sample = sample  # pickled only if processes come into question
+        if self.probing or self._speedup is not None:
+            self._probed += count
+            return
+        self._count += count
         self._wall += wall
         self._cpu += cpu
-        if self._sample is None and 0 not in errors and values:
-            self._sample = (items[0], values[0])  # pickled only if processes come into question
+        self._running = self._running_cpu = 0.0
+        self._running_items = 0
         waiting = wall >= TELLING_SECONDS and cpu < WAITING_CPU_FRACTION * wall
         tiny = self._count >= TINY_SAMPLES and self._wall < TINY_SECONDS * self._count
         if self._wall >= SERIAL_BUDGET or self._count >= MAX_SAMPLES or waiting or tiny:
             self._after_serial()
 
-    def probe(self, runs: list[Callable[[], object]], count: int) -> None:
-        """Run ``runs`` (two parts of ``count`` items) on two threads at once.
+    def running(self, wall: float, cpu: float, items: int) -> None:
+        """The first measuring thread's batch has run ``wall`` seconds so far,
+        ``cpu`` of them on a CPU, and finished ``items`` of its items: decide
+        now if that tells (it waits, or the time to measure one thread is
+        up), without waiting for the batch to end."""
+        if self.plan is not None or self.probing:
+            return
+        waiting = wall >= TELLING_SECONDS and cpu < RUNNING_WAITING_CPU_FRACTION * wall
+        if waiting or self._wall + wall >= SERIAL_BUDGET:
+            self._running, self._running_cpu, self._running_items = wall, cpu, max(1, items)
+            self._after_serial()
 
-        How many threads could run at once, over the wall time: about 2 when
-        the function releases the GIL, about 1 when it holds it, whatever the
-        first items cost (a lazy set-up, say). A thread could run while it
-        ran on a CPU or waited in the kernel's run queue for one (Linux
-        reports both), so a machine busy with other work does not hide a
-        GIL-free function; a thread waiting for the GIL is asleep. Elsewhere
-        only the CPU time is known.
-        """
-        ready = [0.0] * len(runs)
-        cpu = [0.0] * len(runs)
-        waits: list[int | None] = [None] * len(runs)
-
-        def timing(k: int, run: Callable[[], object]) -> None:
-            start, start_ready, start_waits = time.thread_time(), _ready_seconds(), _sleeps()
-            try:
-                run()
-            finally:
-                cpu[k] = time.thread_time() - start
-                end_ready, end_waits = _ready_seconds(), _sleeps()
-                ready[k] = cpu[k] if start_ready is None or end_ready is None else end_ready - start_ready
-                if start_waits is not None and end_waits is not None:
-                    waits[k] = end_waits - start_waits
-
-        threads = [
-            threading.Thread(target=timing, args=(k, run), name="parcelout-probe", daemon=True)
-            for k, run in enumerate(runs)
-        ]
-        start = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        wall = max(time.perf_counter() - start, 1e-9)
-        self._probed += count
-        self._speedup = sum(ready) / wall
-        self._probe_per_item = sum(cpu) / count
-        if all(w is not None for w in waits):
-            # A thread that waits for the GIL sleeps once per switch interval
-            # or so; threads that do not share it hardly sleep at all.
-            self._gil_waits = sum(w or 0 for w in waits) / (wall / sys.getswitchinterval())
+    def probed(self, speedup: float | None, gil_waits: float | None) -> None:
+        """Two threads ran it at once, ``speedup`` at a time (None: too briefly
+        to tell), sleeping ``gil_waits`` times per switch interval (None: unknown)."""
+        self._speedup, self._gil_waits = speedup, gil_waits
         self.probing = False
         self._decide_compute()
 
     def finish(self) -> Plan:
         """Decide with what was measured (the input ended first)."""
         if self.plan is None:
-            if not self._count:
+            if not self._count and not self._running:
                 self._set("serial", 1, "there was nothing to measure")
             elif self.probing or self._speedup is None:
                 self._after_serial(final=True)
@@ -260,12 +277,12 @@ class Measurer:
 
     # ------------------------------------------------------------ decisions
     def _per_item(self) -> float:
-        if self._probe_per_item is not None:
-            return self._probe_per_item
-        return self._wall / max(1, self._count)
+        """Seconds per item on one thread; a batch still running counts as one item."""
+        return (self._wall + self._running) / max(1, self._count + self._running_items)
 
     def _cpu_fraction(self) -> float:
-        return min(1.0, self._cpu / self._wall) if self._wall > 0 else 1.0
+        wall = self._wall + self._running
+        return min(1.0, (self._cpu + self._running_cpu) / wall) if wall > 0 else 1.0
 
     def _remaining_items(self) -> float:
         return math.inf if self._total is None else self._total - self.measured
@@ -295,17 +312,16 @@ class Measurer:
     def _decide_compute(self) -> None:
         per = self._per_item()
         cpus = usable_cpus()
-        # Two threads that clearly ran at once say enough. Short of that (a
-        # busy machine), the threads must also have hardly slept, as threads
-        # taking turns at the GIL do. Taking a GIL-bound function for a
-        # GIL-free one would lose all parallelism; the reverse only some speed.
+        # Taking a GIL-bound function for a GIL-free one would lose all
+        # parallelism; the reverse only some speed.
         speedup = self._speedup or 0.0
-        gil_free = speedup >= CLEARLY_GIL_FREE_SPEEDUP or (
-            speedup >= GIL_FREE_SPEEDUP and self._gil_waits is not None and self._gil_waits < GIL_WAITS_PER_INTERVAL
+        gil_free = speedup >= GIL_FREE_SPEEDUP or (
+            speedup >= MAYBE_GIL_FREE_SPEEDUP
+            and self._gil_waits is not None
+            and self._gil_waits < GIL_WAITS_PER_INTERVAL
         )
-        if gil_free and self._speedup is not None:
-            how = f"two threads ran it {self._speedup:.2f} at a time"
-            self._set("thread", cpus, f"{how}: it releases the GIL")
+        if gil_free:
+            self._set("thread", cpus, f"two threads ran it {speedup:.2f} at a time: it releases the GIL")
             return
         self._time_pickling()
         if self._pickle_failed:
@@ -323,7 +339,9 @@ class Measurer:
         if self._total is not None and backend != "serial":
             workers = max(1, min(workers, self._total - self.measured))
         per = self._per_item()
-        chunksize = None if backend == "serial" else max(1, int(TARGET_SECONDS / max(per, 1e-9)))
+        # An item still running took longer than it has so far: start at one.
+        known = self._count or self._probed
+        chunksize = None if backend == "serial" else max(1, int(TARGET_SECONDS / max(per, 1e-9))) if known else 1
         measurements = Measurements(
             self.measured, per, self._cpu_fraction(), self._speedup, self._gil_waits, self._pickle, free_threaded()
         )
@@ -350,13 +368,68 @@ class Measurer:
         self._pickle = time.perf_counter() - start
 
 
-class AutoLane:
-    """A lane that measures the first items inline, then hands over.
+def _minus(after: int | None, before: int | None) -> int | None:
+    return None if after is None or before is None else after - before
 
-    ``make_lane(plan)`` builds the lane for the chosen backend (it may start
-    a pool); ``inline`` runs items in the calling thread (it runs the
-    initializer first, once); ``on_plan(plan)`` hears the choice.
+
+class _Stop:
+    """Set, the measuring threads stop between items (``run_batch``'s flag)."""
+
+    cancelled = False
+
+
+class _Runner:
+    """A measuring thread: it runs the auto lane's waiting batches, one after another."""
+
+    def __init__(self, lane: AutoLane) -> None:
+        self.native_id: int | None = None
+        self.clock: int | None = None  # its CPU clock
+        self.busy_since: float | None = None  # when its running batch started
+        self.ready_at_start = 0.0
+        self.looked = False  # its running batch was looked at once already
+        self.cpu_done = 0.0  # CPU time of its finished batches
+        self.stretch_cpu = 0.0  # and of those that started in the probe's current stretch
+        self.stretch_batches = 0
+        self.slot = [0, -1]  # slot[1]: the position running in its batch (run_batch)
+        self.size = 0  # items in its running batch
+        self.thread = threading.Thread(target=lane._serve, args=(self,), name="parcelout-measure", daemon=True)
+
+    def cpu(self) -> float:
+        """Seconds it has run on a CPU so far; where that cannot be read while
+        it runs, in its finished batches."""
+        return self.cpu_done if self.clock is None else time.clock_gettime(self.clock)
+
+    def sleeps(self) -> int | None:
+        """How often it has slept so far (I/O), None where that cannot be read."""
+        return None if self.native_id is None else _sleeps(self.native_id)
+
+    def ready(self) -> float:
+        """Seconds it has run or waited in the run queue to run (reading the
+        queue is I/O: not while another thread may hold the GIL for long)."""
+        return self.cpu() + (0.0 if self.native_id is None else _queued_seconds(self.native_id))
+
+
+class AutoLane:
+    """A lane that measures the first batches, then hands over to the lane it chose.
+
+    The batches it measures run on a measuring thread, one after another,
+    while the calling thread waits and watches (on Linux a thread's CPU time
+    can be read while a batch runs): so a long first item does not hold the
+    choice up, and an item that waits shows it within milliseconds. To probe,
+    a second measuring thread runs the next batches beside the first. The
+    measuring threads start a batch only while the calling thread waits, and
+    it waits until they are idle, so that its own work does not slow what is
+    measured. Once it has chosen, the batches waiting here go to the chosen
+    lane; those the measuring threads are running finish there, and their
+    results come back with the others.
+
+    ``make_lane(plan)`` builds the lane for the chosen backend (it may start a
+    pool; None: measure only, as ``explain`` does); ``inline`` runs items in
+    the calling thread, where the initializer runs once before anything is
+    measured; ``on_plan(plan)`` hears the choice.
     """
+
+    MEASURING_THREADS = 2
 
     def __init__(
         self,
@@ -364,7 +437,7 @@ class AutoLane:
         *,
         total: int | None,
         workers: int | None,
-        inline: Lane,
+        inline: InlineLane,
         make_lane: Callable[[Plan], Lane | None],
         policy: Policy,
         on_plan: Callable[[Plan], object] | None = None,
@@ -372,20 +445,43 @@ class AutoLane:
         self.measurer = Measurer(fn, total, workers)
         self._inline = inline
         self._make_lane = make_lane
-        self._lane: Lane | None = None
-        self._done: deque[BatchResult] = deque()
         self._on_plan = on_plan
+        self._lane: Lane | None = None
+        self._lane_out = 0  # batches out at the chosen lane
+        self._cond = threading.Condition()
+        self._waiting: deque[tuple[Call, list[tuple[int, Any]], Policy]] = deque()
+        self._runners: list[_Runner] = []
+        self._busy = 0  # batches the measuring threads are running
+        self._watching = False  # the calling thread waits: the measuring threads may start batches
+        self._asked = False  # it said "take more" and nothing was submitted since
+        self._call: Call | None = None
+        self._done: deque[BatchResult] = deque()
+        self._error: BaseException | None = None
+        self._stop = _Stop()
+        # The probe adds up stretches while both threads run: the current
+        # one's start, and the threads' CPU times and sleeps then; the sums so
+        # far (wall, CPU, sleeps: None once unknown).
+        self._stretch: tuple[float, list[float], list[int | None]] | None = None
+        self._probe_sums: tuple[float, float, int | None] = (0.0, 0.0, 0)
+        self._switches = 0.0  # switch intervals the stretches lasted
+        self._prepared = False
+        self._switch_interval: float | None = None  # the interpreter's, while lowered (BUSY_SWITCH_INTERVAL)
         if policy.timeout is not None:  # nothing may run here, where it cannot be stopped
             self.measurer._set("process", usable_cpus(), "a timeout needs workers that can be stopped")
             self._hand_over()
 
     @property
     def workers(self) -> int:
-        return self._lane.workers if self._lane is not None else 1
+        if self._lane is not None:
+            return self._lane.workers
+        return self.MEASURING_THREADS if self.measurer.probing else 1
 
     @property
     def inline(self) -> bool:
-        return self._lane is None or getattr(self._lane, "inline", False)
+        """One batch at a time while one thread measures, as inline."""
+        if self._lane is not None:
+            return self._lane.inline
+        return self.measurer.plan is None and not self.measurer.probing
 
     batch_seconds = TARGET_SECONDS  # its lanes are local
 
@@ -393,68 +489,330 @@ class AutoLane:
     def plan(self) -> Plan | None:
         return self.measurer.plan
 
+    # ------------------------------------------------------------ the lane
     def submit(self, call: Call, items: list[tuple[int, Any]], policy: Policy) -> None:
         if self._lane is not None:
             self._lane.submit(call, items, policy)
+            self._lane_out += 1
             return
-        if self.measurer.probing and len(items) >= 2:
-            self._probe(call, items, policy)
-        else:
-            run = functools.partial(self._run_inline, call, items, policy)
-            self.measurer.timed(run, [item for _, item in items])
-            self._hand_over()
+        if not self._prepared:
+            self._inline.prepare()  # the initializer, here and once; raises if it failed
+            self._prepared = True
+        self._call = call
+        with self._cond:
+            self._asked = False
+            self._waiting.append((call, items, policy))
+            if not self._runners:
+                self._start_runner()
 
     def next_result(self) -> BatchResult:
-        if self._done or self._lane is None:
-            return self._done.popleft()
+        while True:
+            self._wait()
+            if self._lane is None and self.measurer.plan is not None:
+                self._hand_over()
+            with self._cond:
+                if self._done:
+                    return self._done.popleft()
+                if self._lane is not None and self._lane_out:
+                    self._lane_out -= 1
+                    break
+                if self._takes_more():
+                    # A batch runs on, but the chosen lane or the probe wants input now.
+                    self._asked = True
+                    assert self._call is not None
+                    return BatchResult(Batch(0, self._call, [], self._done.append), [], {})
+                if not self._busy and not self._waiting:
+                    raise RuntimeError("parcelout: asked for a result with no batch out")  # a bug, not a hang
+        assert self._lane is not None
         return self._lane.next_result()
 
     def cancel(self) -> None:
+        self._close(wait=False)
         if self._lane is not None:
             self._lane.cancel()
 
     def serial_now(self) -> bool:
-        return self._lane is self._inline and not self._done and self._inline.serial_now()
+        return (
+            self._lane is self._inline
+            and not self._done
+            and not self._busy
+            and not self._lane_out
+            and self._inline.serial_now()
+        )
 
-    def finish_measuring(self) -> Plan:
-        """The plan, deciding now if the input ended before the measurement."""
-        plan = self.measurer.finish()
-        if self._lane is None:
-            self._hand_over()
-        return plan
+    # ------------------------------------------------------------ measuring only
+    def measure(self, call: Call, take: Callable[[int], list[tuple[int, Any]]], policy: Policy) -> Plan:
+        """Run only the items it takes to decide, from ``take(n)``, and decide
+        (``explain``); returns when every item it started has finished."""
+        try:
+            while self.measurer.plan is None:
+                threads = self.MEASURING_THREADS if self.measurer.probing else 1
+                chunks = [take(self.measurer.wanted()) for _ in range(threads)]
+                for chunk in chunks:
+                    if chunk:
+                        self.submit(call, chunk, policy)
+                if not any(chunks):
+                    break  # the input ended
+                self._wait()
+                self._done.clear()
+            with self._cond:
+                if self.measurer.probing:
+                    self._conclude_probe()
+        finally:
+            self._close(wait=True)
+        return self.measurer.finish()
 
-    def _run_inline(
-        self, call: Call, items: list[tuple[int, Any]], policy: Policy
-    ) -> tuple[list[Any], dict[int, BaseException]]:
-        self._inline.submit(call, items, policy)
-        result = self._inline.next_result()
-        self._done.append(result)
-        return list(result.values), result.errors
+    # ------------------------------------------------------------ the calling thread
+    def _wait(self) -> None:
+        """Wait until there is something to do here; meanwhile let the
+        measuring threads run, and judge their running batches at the moments
+        when that can decide."""
+        with self._cond:
+            self._watching = True
+            self._cond.notify_all()
+            try:
+                while self._error is None and not self._settled():
+                    self._cond.wait(self._look(time.perf_counter()))
+            finally:
+                self._watching = False
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
 
-    def _probe(self, call: Call, items: list[tuple[int, Any]], policy: Policy) -> None:
-        half = len(items) // 2
-        parts = [items[:half], items[half:]]
-        outcomes: list[BatchResult | None] = [None, None]
-        lanes = [InlineLane(), InlineLane()]  # the initializer already ran in this process
+    def _settled(self) -> bool:
+        """Whether the calling thread has something to do (under the lock)."""
+        if self._done or self._lane_out or (not self._busy and not self._waiting):
+            return True
+        if self.measurer.plan is not None and self._lane is None:
+            return True  # to hand over
+        return self._takes_more()
 
-        def runner(k: int) -> Callable[[], None]:
-            def run() -> None:
-                lanes[k].submit(call, parts[k], policy)
-                outcomes[k] = lanes[k].next_result()
+    def _takes_more(self) -> bool:
+        """Whether the lane wants more input while a batch still runs, and has
+        not asked for it yet (under the lock)."""
+        if self._asked or self._waiting:
+            return False
+        if self.measurer.probing:
+            return self._busy < self.MEASURING_THREADS
+        return self._lane is not None and not self._lane_out
 
-            return run
-
-        self.measurer.probe([runner(0), runner(1)], len(items))
-        for part, outcome in zip(parts, outcomes, strict=True):
-            if outcome is None:  # its thread failed outside the items: run them here
-                self._run_inline(call, part, policy)
-            else:
-                self._done.append(outcome)
-        self._hand_over()
+    def _look(self, now: float) -> float | None:
+        """Judge the running batches if it is time (under the lock); the
+        seconds until it is time again (0: it judged), None if it will not be."""
+        if self.measurer.plan is not None or not LIVE:
+            return None
+        if self._stretch is not None:
+            due = self._stretch[0] + PROBE_SECONDS - self._probe_sums[0]
+            if now < due:
+                return due - now
+            self._end_stretch(now)
+            return 0.0  # judged: look at what to do now
+        first = self._runners[0] if self._runners else None
+        if self.measurer.probing or first is None or first.busy_since is None:
+            return None
+        if first.looked:
+            due = first.busy_since + max(RUNNING_LOOK_SECONDS, SERIAL_BUDGET - self.measurer.serial_wall)
+        else:
+            due = first.busy_since + RUNNING_LOOK_SECONDS
+        if now < due:
+            return due - now
+        first.looked = True
+        position = first.slot[1]
+        finished = first.size if position < 0 else position
+        self.measurer.running(now - first.busy_since, first.ready() - first.ready_at_start, finished)
+        if self.measurer.probing:
+            self._start_runner()
+        if self.measurer.plan is not None or self.measurer.probing:
+            return 0.0  # judged: look at what to do now
+        return self._look(now)
 
     def _hand_over(self) -> None:
         plan = self.measurer.plan
-        if plan is not None and self._lane is None:
-            if self._on_plan is not None:
-                self._on_plan(plan)
-            self._lane = self._inline if plan.backend == "serial" else self._make_lane(plan)
+        assert plan is not None and self._lane is None
+        if self._on_plan is not None:
+            self._on_plan(plan)
+        lane = self._inline if plan.backend == "serial" else self._make_lane(plan)
+        if lane is None:
+            return
+        with self._cond:
+            waiting = list(self._waiting)
+            self._waiting.clear()
+            if plan.backend == "process" and self._busy:
+                self._lower_switch_interval()
+        self._lane = lane
+        for call, items, policy in waiting:
+            lane.submit(call, items, policy)
+            self._lane_out += 1
+
+    def _close(self, *, wait: bool) -> None:
+        """Stop measuring: drop the waiting batches; join the measuring threads
+        (with ``wait``, also those still running a batch)."""
+        with self._cond:
+            self._stop.cancelled = True
+            self._waiting.clear()
+            self._restore_switch_interval()
+            runners = [r for r in self._runners if wait or r.busy_since is None]
+            self._cond.notify_all()
+        for runner in runners:
+            runner.thread.join()
+
+    def _lower_switch_interval(self) -> None:
+        """Lower the interpreter's switch interval until the measuring threads
+        are idle (under the lock)."""
+        if self._switch_interval is None:
+            self._switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(self._switch_interval, BUSY_SWITCH_INTERVAL))
+
+    def _restore_switch_interval(self) -> None:
+        """Give the interpreter back its switch interval (under the lock)."""
+        if self._switch_interval is not None:
+            sys.setswitchinterval(self._switch_interval)
+            self._switch_interval = None
+
+    # ------------------------------------------------------------ the measuring threads
+    def _start_runner(self) -> None:
+        runner = _Runner(self)
+        self._runners.append(runner)
+        runner.thread.start()
+
+    def _serve(self, runner: _Runner) -> None:
+        runner.native_id, runner.clock = threading.get_native_id(), _cpu_clock()
+        lane = InlineLane(flag=self._stop, slot=runner.slot)  # the initializer already ran in this process
+        while True:
+            with self._cond:
+                job = self._next_job(runner)
+            if job is None:
+                return
+            call, items, policy = job
+            start, cpu, queued = time.perf_counter(), time.thread_time(), _queued_seconds(runner.native_id)
+            try:
+                lane.submit(call, items, policy)
+                result = lane.next_result()
+            except BaseException as exc:  # the function raised KeyboardInterrupt itself
+                with self._cond:
+                    self._busy -= 1
+                    runner.busy_since = None
+                    self._error = exc
+                    self._restore_switch_interval()
+                    self._cond.notify_all()
+                return
+            wall, cpu = time.perf_counter() - start, time.thread_time() - cpu
+            # Waiting for a CPU on a busy machine is not waiting for I/O.
+            ready = cpu + _queued_seconds(runner.native_id) - queued
+            ok = result.values and 0 not in result.errors
+            sample = (items[0][1], result.values[0]) if ok else None
+            with self._cond:
+                self._busy -= 1
+                if (
+                    self._stretch is not None
+                    and runner.busy_since is not None
+                    and runner.busy_since >= self._stretch[0]
+                ):
+                    runner.stretch_cpu += cpu
+                    runner.stretch_batches += 1
+                runner.busy_since = None
+                runner.cpu_done += cpu
+                self._done.append(result)
+                if not self._busy:
+                    self._restore_switch_interval()
+                if self.measurer.plan is None:
+                    self.measurer.finished(len(items), wall, ready, sample)
+                    if self.measurer.probing and len(self._runners) < self.MEASURING_THREADS:
+                        self._start_runner()
+                    elif self._stretch is not None and not LIVE and self._each_finished_one():
+                        self._end_stretch(time.perf_counter())
+                self._cond.notify_all()
+
+    def _next_job(self, runner: _Runner) -> tuple[Call, list[tuple[int, Any]], Policy] | None:
+        """The next waiting batch for ``runner`` (under the lock), None to stop."""
+        while True:
+            if self._stop.cancelled or self.measurer.plan is not None or self._error is not None:
+                return None
+            if self._waiting and self._watching:
+                job = self._waiting.popleft()
+                self._busy += 1
+                runner.busy_since = time.perf_counter()
+                if not self.measurer.probing:  # one thread: the run queue may be read (see ready)
+                    runner.ready_at_start = runner.ready()
+                    self._cond.notify_all()  # the calling thread times its look
+                runner.looked = False
+                runner.size = len(job[1])
+                if self._stretch is None and self.measurer.probing and self._busy == self.MEASURING_THREADS:
+                    # Clocks first: reading the sleeps is I/O, and gives up the GIL.
+                    start, cpus = runner.busy_since, [r.cpu() for r in self._runners]
+                    for r in self._runners:
+                        r.stretch_cpu, r.stretch_batches = 0.0, 0
+                    self._lower_switch_interval()
+                    self._stretch = (start, cpus, [r.sleeps() for r in self._runners])
+                    self._cond.notify_all()  # the calling thread times the probe
+                return job
+            if self._stretch is not None:
+                self._end_stretch(time.perf_counter())  # this thread ran out of work
+                continue
+            self._cond.wait()
+
+    def _each_finished_one(self) -> bool:
+        """Whether each measuring thread finished a batch that started in this
+        stretch (where only finished batches can be read)."""
+        return all(r.stretch_batches for r in self._runners)
+
+    def _end_stretch(self, now: float) -> None:
+        """Add up a stretch of the probe (under the lock); judge once the
+        probe has run ``PROBE_SECONDS``.
+
+        How many threads ran at once: about 2 when the function releases the
+        GIL, about 1 when it holds it, whatever the items cost. Their CPU
+        clocks are read while they run; the run queue (I/O, which would give
+        up the GIL to a thread that holds it for milliseconds) is not.
+        Elsewhere only the CPU time of finished batches is known: of those
+        that started in the stretch, which errs towards "holds the GIL".
+        """
+        assert self._stretch is not None
+        start, cpus, sleeps = self._stretch
+        self._stretch = None
+        if LIVE:
+            cpu = sum(r.cpu() - before for r, before in zip(self._runners, cpus, strict=True))
+        else:  # what batches that started in the stretch and finished ran: no more than ran in it
+            cpu = sum(r.stretch_cpu for r in self._runners)
+        slept = [_minus(r.sleeps(), before) for r, before in zip(self._runners, sleeps, strict=True)]
+        self._switches += (now - start) / sys.getswitchinterval()
+        wall, total, total_slept = self._probe_sums
+        known = total_slept is not None and None not in slept
+        self._probe_sums = (
+            wall + now - start,
+            total + cpu,
+            sum(x or 0 for x in slept) + (total_slept or 0) if known else None,
+        )
+        wall = self._probe_sums[0]
+        if wall >= PROBE_SECONDS and (wall >= MAX_PROBE_SECONDS or not self._unclear()):
+            self._conclude_probe()
+        elif self._busy == self.MEASURING_THREADS:  # both still run: the next stretch starts now
+            start, cpus = time.perf_counter(), [r.cpu() for r in self._runners]
+            for r in self._runners:
+                r.stretch_cpu, r.stretch_batches = 0.0, 0
+            self._stretch = (start, cpus, [r.sleeps() for r in self._runners])
+        self._cond.notify_all()
+
+    def _readings(self) -> tuple[float | None, float | None]:
+        """How many threads ran at a time over the probe so far, and how often
+        they slept per switch interval (None: unknown)."""
+        wall, cpu, slept = self._probe_sums
+        if wall < MIN_PROBE_SECONDS:
+            return None, None
+        # A thread that waits for the GIL sleeps once per switch interval or
+        # so; threads that do not share it hardly sleep.
+        return cpu / wall, None if slept is None else slept / self._switches
+
+    def _unclear(self) -> bool:
+        """Whether the threads ran about one at a time yet hardly slept."""
+        speedup, gil_waits = self._readings()
+        return (
+            speedup is not None
+            and speedup < MAYBE_GIL_FREE_SPEEDUP
+            and gil_waits is not None
+            and gil_waits < GIL_WAITS_PER_INTERVAL
+        )
+
+    def _conclude_probe(self) -> None:
+        """Decide from the probe's stretches so far (under the lock)."""
+        self.measurer.probed(*self._readings())

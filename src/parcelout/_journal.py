@@ -497,7 +497,8 @@ class JournalLane:
         if self._ready:
             return self._ready.popleft()
         result: BatchResult = self._inner.next_result()
-        self._record(result)
+        if result.batch.items:
+            self._record(result)
         return result
 
     # ------------------------------------------------------------ helpers

@@ -90,6 +90,9 @@ class RunOptions:
     journal: Any = None  # a parcelout.Journal
     key: Callable[[Any], Any] | None = None
     retry_failed: bool = False
+    # The caller keeps every result (``map``): the window bounds the items out
+    # at the workers, not those done and waiting for an earlier one.
+    keeps_results: bool = False
 
     def __post_init__(self) -> None:
         if self.chunksize is not None:

@@ -27,7 +27,7 @@ from parcelout._failure import Failure, kind_of
 from parcelout._journal import JournalLane, open_journal
 from parcelout._options import RunOptions
 from parcelout._progress import Progress
-from parcelout.backends._base import run_batch
+from parcelout.backends._base import Flag, Slot, run_batch
 from parcelout.errors import describe_item
 
 _groups = itertools.count(1)
@@ -49,7 +49,10 @@ class Lane(Protocol):
 
     def submit(self, call: Call, items: list[tuple[int, Any]], policy: Policy) -> None: ...
 
-    def next_result(self) -> BatchResult: ...
+    def next_result(self) -> BatchResult:
+        """The next finished batch. A result with no items means that none has
+        finished yet but the lane takes more input now (an auto lane that has
+        just chosen)."""
 
     def cancel(self) -> None: ...
 
@@ -94,15 +97,25 @@ class InlineLane:
     inline = True
     batch_seconds = TARGET_SECONDS
 
-    def __init__(self, prepare: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self, prepare: Callable[[], None] = lambda: None, flag: Flag | None = None, slot: Slot | None = None
+    ) -> None:
         self._done: deque[BatchResult] = deque()
         self._prepare = prepare
+        self._flag = flag  # set, it stops a batch between items
+        self._slot = slot  # slot[1]: the position running (run_batch)
+
+    def prepare(self) -> None:
+        """Run the pool's initializer, once: raises if it failed."""
+        self._prepare()
 
     def submit(self, call: Call, items: list[tuple[int, Any]], policy: Policy) -> None:
-        self._prepare()  # the pool's initializer, once: raises if it failed
+        self._prepare()
         batch = Batch(0, call, items, self._done.append)
         payloads = [item for _, item in items]
-        values, errors, elapsed = run_batch(call.fn, call.star, payloads, interruptible=True)
+        values, errors, elapsed = run_batch(
+            call.fn, call.star, payloads, self._slot, flag=self._flag, interruptible=True
+        )
         attempts: dict[int, int] = {}
         for pos in sorted(errors):
             attempt = 1
@@ -203,6 +216,7 @@ def _drive(
     # A plain run that stays in this thread can skip the batch machinery.
     plain = on_error == "raise" and options.progress is False and options.policy.retries == 0
     in_flight = 0  # taken from the input, not yet yielded
+    out = 0  # at the lane, not yet back
     try:
         while True:
             if plain and in_flight == 0 and not feeder.exhausted and lane.serial_now():
@@ -215,17 +229,15 @@ def _drive(
                 if failed is not None:
                     raise failed
                 continue
-            batcher.workers = lane.workers  # an auto lane knows its workers once it has chosen
-            window, want = window_and_batch(lane, batcher.size, options.window)
-            while window - in_flight >= want and not feeder.exhausted:
-                chunk = feeder.take(want)
-                if chunk:
-                    lane.submit(call, chunk, options.policy)
-                    in_flight += len(chunk)
+            added = _fill(lane, call, feeder, batcher, options, in_flight=out if options.keeps_results else in_flight)
+            in_flight, out = in_flight + added, out + added
             if in_flight == 0:
                 break
             result = lane.next_result()
-            if result.elapsed > 0:
+            if not result.batch.items:
+                continue  # the lane takes more input before anything finished
+            out -= len(result.batch.items)
+            if result.elapsed:
                 batcher.observe(len(result.values), result.elapsed)
             progress.advance(len(result.batch.items))
             if not result.errors and collector.releases_whole(result):
@@ -243,6 +255,19 @@ def _drive(
     finally:
         lane.cancel()
         progress.close()
+
+
+def _fill(lane: Lane, call: Call, feeder: Feeder[Any], batcher: Batcher, options: RunOptions, *, in_flight: int) -> int:
+    """Submit batches while the window, ``in_flight`` full, has room; how many items went."""
+    batcher.workers = lane.workers  # an auto lane knows its workers once it has chosen
+    window, want = window_and_batch(lane, batcher.size, options.window)
+    added = 0
+    while window - in_flight - added >= want and not feeder.exhausted:
+        chunk = feeder.take(want)
+        if chunk:
+            lane.submit(call, chunk, options.policy)
+            added += len(chunk)
+    return added
 
 
 def _release(collector: Collector, result: BatchResult, on_error: str) -> tuple[list[Any], int, BaseException | None]:

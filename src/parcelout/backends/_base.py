@@ -41,6 +41,20 @@ def run_batch(
     values: list[Any] = []
     errors: dict[int, BaseException] = {}
     start = time.perf_counter()
+    if slot is None and flag is None and not star:
+        # Nothing to mark or check between items: as fast as a plain loop.
+        rest: Sequence[Any] = payloads
+        while True:
+            try:
+                values.extend(map(fn, rest))  # what extend took stays in values if fn raises
+                break
+            except BaseException as exc:
+                if interruptible and isinstance(exc, KeyboardInterrupt):
+                    raise
+                errors[len(values)] = exc
+                values.append(None)
+                rest = payloads[len(values) :]
+        return values, errors, time.perf_counter() - start
     for pos, item in enumerate(payloads):
         if flag is not None and flag.cancelled:
             break
