@@ -48,7 +48,7 @@ from parcelout._stream import InlineLane, Lane
 # Below this per-item time, workers cost more than they save.
 TINY_SECONDS = 10e-6
 # Time the first items take in the calling thread before the choice.
-SERIAL_BUDGET = 0.01
+SERIAL_BUDGET = 0.005
 MAX_SAMPLES = 10_000
 # This many items under TINY_SECONDS each are enough to call the work tiny.
 TINY_SAMPLES = 200
@@ -298,7 +298,9 @@ class Measurer:
         if per < TINY_SECONDS:
             self._set("serial", 1, f"items take {_seconds(per)}: a worker would cost more than it saves")
         elif cpu < WAITING_CPU_FRACTION:
-            wanted = math.ceil(cpus / max(cpu, 1 / MAX_THREADS))
+            # An item still running will have spent an even smaller share on a
+            # CPU by its end: then as many threads as allowed.
+            wanted = MAX_THREADS if self._running else math.ceil(cpus / max(cpu, 1 / MAX_THREADS))
             self._set("thread", min(MAX_THREADS, max(cpus, wanted)), f"items wait ({cpu:.0%} of their time on a CPU)")
         elif free_threaded():
             self._set("thread", cpus, "the interpreter has no GIL, so threads compute in parallel")
