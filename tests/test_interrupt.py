@@ -189,3 +189,54 @@ def test_a_ctrl_c_while_pool_map_waits_is_not_blamed_on_an_item(tmp_path: Path) 
     stderr = script.stderr()
     assert "KeyboardInterrupt" in stderr, stderr
     assert "raised by Pool.map's item" not in stderr, stderr
+
+
+SPIN_FIRST = """
+import sys
+import parcelout
+
+def spin(x):
+    if x == 0:
+        print("spinning", flush=True)
+        while True:  # holds the GIL between instructions, forever
+            pass
+    return x
+
+if __name__ == "__main__":
+    for result in parcelout.imap(spin, range(10_000)):
+        print("result", result, flush=True)
+"""
+
+
+def test_one_ctrl_c_ends_a_run_whose_measured_item_computes_forever(tmp_path: Path) -> None:
+    # backend="auto" measures the first items on a thread of the calling process:
+    # one that never ends must not keep the program alive, nor the workers.
+    path = tmp_path / "interrupted.py"
+    path.write_text(SPIN_FIRST)
+    script = Script(path)
+    try:
+        wait_until(
+            lambda: (
+                ("spinning" in script.lines and len(script.descendants()) >= WORKERS) or script.proc.poll() is not None
+            ),
+            STARTUP_BOUND,
+            "the first item to spin and the process workers to start",
+        )
+        assert script.proc.poll() is None, f"the script ended early:\n{script.stderr()}"
+        processes = script.descendants()
+        start = time.monotonic()
+        script.proc.send_signal(signal.SIGINT)
+        try:
+            script.proc.wait(timeout=3 * EXIT_BOUND)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"one Ctrl-C did not end the script within {3 * EXIT_BOUND:g} s:\n{script.stderr()}")
+        took = time.monotonic() - start
+    finally:
+        if script.proc.poll() is None:
+            script.kill()
+        script.finish()
+    stderr = script.stderr()
+    assert took < EXIT_BOUND, f"exited {took:.1f} s after Ctrl-C:\n{stderr}"
+    assert "KeyboardInterrupt" in stderr, stderr
+    assert "result" not in "\n".join(script.lines)  # in order: nothing passes the first item
+    wait_until(lambda: all_gone(processes), 10, "every process the script started to exit")
