@@ -106,6 +106,16 @@ class Script:
     def stderr(self) -> str:
         return self.stderr_path.read_text()
 
+    def interrupt(self) -> float:
+        """Send one Ctrl-C; the seconds until the script exited."""
+        start = time.monotonic()
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=3 * EXIT_BOUND)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"one Ctrl-C did not end the script within {3 * EXIT_BOUND:g} s:\n{self.stderr()}")
+        return time.monotonic() - start
+
     def kill(self) -> None:
         """After a failed test: leave nothing behind."""
         for child in [*self.descendants(), psutil.Process(self.proc.pid)]:
@@ -130,6 +140,16 @@ def all_gone(processes: list[psutil.Process]) -> bool:
     return True
 
 
+def assert_stopped(script: Script, took: float, processes: list[psutil.Process]) -> None:
+    """One Ctrl-C stopped the script promptly, before any result, and every
+    process it started exited."""
+    stderr = script.stderr()
+    assert took < EXIT_BOUND, f"exited {took:.1f} s after Ctrl-C:\n{stderr}"
+    assert "KeyboardInterrupt" in stderr, stderr
+    assert "result" not in "\n".join(script.lines), "an item finished instead of stopping"
+    wait_until(lambda: all_gone(processes), 10, "every process the script started to exit")
+
+
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("backend", ["process", "thread"])
 def test_one_ctrl_c_ends_the_program_promptly_and_leaves_no_worker(backend: str, case: str, tmp_path: Path) -> None:
@@ -152,24 +172,14 @@ def test_one_ctrl_c_ends_the_program_promptly_and_leaves_no_worker(backend: str,
         if backend == "process":
             assert {p.pid for p in processes} >= pids
 
-        start = time.monotonic()
-        script.proc.send_signal(signal.SIGINT)
-        try:
-            script.proc.wait(timeout=3 * EXIT_BOUND)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"one Ctrl-C did not end the script within {3 * EXIT_BOUND:g} s:\n{script.stderr()}")
-        took = time.monotonic() - start
+        took = script.interrupt()
         print(f"\n[{backend}, {case}] exited {took:.2f} s after Ctrl-C (return code {script.proc.returncode})")
     finally:
         if script.proc.poll() is None:
             script.kill()
         script.finish()
 
-    stderr = script.stderr()
-    assert took < EXIT_BOUND, f"exited {took:.1f} s after Ctrl-C:\n{stderr}"
-    assert "KeyboardInterrupt" in stderr, stderr
-    assert "result" not in "\n".join(script.lines), "an item finished instead of stopping"
-    wait_until(lambda: all_gone(processes), 10, "every process the script started to exit")
+    assert_stopped(script, took, processes)
     # The resource tracker (gone now) warns there of semaphores or shared memory left behind.
     assert "leaked" not in script.stderr(), script.stderr()
 
@@ -224,19 +234,9 @@ def test_one_ctrl_c_ends_a_run_whose_measured_item_computes_forever(tmp_path: Pa
         )
         assert script.proc.poll() is None, f"the script ended early:\n{script.stderr()}"
         processes = script.descendants()
-        start = time.monotonic()
-        script.proc.send_signal(signal.SIGINT)
-        try:
-            script.proc.wait(timeout=3 * EXIT_BOUND)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"one Ctrl-C did not end the script within {3 * EXIT_BOUND:g} s:\n{script.stderr()}")
-        took = time.monotonic() - start
+        took = script.interrupt()
     finally:
         if script.proc.poll() is None:
             script.kill()
         script.finish()
-    stderr = script.stderr()
-    assert took < EXIT_BOUND, f"exited {took:.1f} s after Ctrl-C:\n{stderr}"
-    assert "KeyboardInterrupt" in stderr, stderr
-    assert "result" not in "\n".join(script.lines)  # in order: nothing passes the first item
-    wait_until(lambda: all_gone(processes), 10, "every process the script started to exit")
+    assert_stopped(script, took, processes)  # in order: nothing passes the first item
