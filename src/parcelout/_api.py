@@ -112,11 +112,16 @@ def imap(
         fn: a callable of one argument. Process workers receive it with
             cloudpickle, so lambdas and closures work.
         items: any iterable.
-        workers: how many workers (default: the usable CPUs).
-        backend: ``"process"``, ``"thread"``, ``"serial"`` (the calling
-            thread), ``"auto"`` (for now: process), or a backend factory.
+        workers: how many workers (default: as ``backend="auto"`` plans, or
+            the usable CPUs).
+        backend: ``"auto"`` (the default: measures the first items and
+            chooses; see ``explain``), ``"process"``, ``"thread"``,
+            ``"serial"`` (the calling thread), ``"dask"``, ``"ray"``, or a
+            backend factory.
         chunksize: items per batch (default: adapted to measured item times).
-        window: the most items in flight (default: four batches per worker).
+        window: the most items taken and not yet yielded (default: four
+            batches per worker; ``map`` without one bounds only the items out
+            at the workers).
         on_error: ``"raise"`` the first failure in output order (the work not
             started is cancelled); ``"return"`` a ``Failure`` in its place;
             ``"skip"`` it.
@@ -302,7 +307,7 @@ def _owned(
     """A stream over a pool of its own, started at the first ``next()``.
 
     With ``backend="auto"`` the pool is chosen after measuring the first
-    items in the calling thread (see ``_auto``).
+    items on a measuring thread (see ``_auto``).
     """
     pools: list[Pool] = []
 

@@ -47,7 +47,7 @@ from parcelout._stream import InlineLane, Lane
 
 # Below this per-item time, workers cost more than they save.
 TINY_SECONDS = 10e-6
-# Time the first items take in the calling thread before the choice.
+# Time the first items take on one measuring thread before the probe.
 SERIAL_BUDGET = 0.005
 MAX_SAMPLES = 10_000
 # This many items under TINY_SECONDS each are enough to call the work tiny.
@@ -75,7 +75,7 @@ MAYBE_GIL_FREE_SPEEDUP = 1.15
 MAX_PROBE_SECONDS = 0.06
 # Fewer items left than this are not worth a probe (nor workers).
 MIN_PROBE_ITEMS = 4
-# Each of the two probing threads runs about this long.
+# The probe lasts this long while both measuring threads run.
 PROBE_SECONDS = 0.02
 # A probe cut shorter than this (the input ran out) tells nothing.
 MIN_PROBE_SECONDS = 0.002
