@@ -740,12 +740,8 @@ class AutoLane:
                 runner.looked = False
                 runner.size = len(job[1])
                 if self._stretch is None and self.measurer.probing and self._busy == self.MEASURING_THREADS:
-                    # Clocks first: reading the sleeps is I/O, and gives up the GIL.
-                    start, cpus = runner.busy_since, [r.cpu() for r in self._runners]
-                    for r in self._runners:
-                        r.stretch_cpu, r.stretch_batches = 0.0, 0
                     self._lower_switch_interval()
-                    self._stretch = (start, cpus, [r.sleeps() for r in self._runners])
+                    self._start_stretch(runner.busy_since)  # this batch is the stretch's
                     self._cond.notify_all()  # the calling thread times the probe
                 return job
             if self._stretch is not None:
@@ -780,20 +776,20 @@ class AutoLane:
         self._switches += (now - start) / sys.getswitchinterval()
         wall, total, total_slept = self._probe_sums
         known = total_slept is not None and None not in slept
-        self._probe_sums = (
-            wall + now - start,
-            total + cpu,
-            sum(x or 0 for x in slept) + (total_slept or 0) if known else None,
-        )
-        wall = self._probe_sums[0]
+        wall += now - start
+        self._probe_sums = (wall, total + cpu, sum(x or 0 for x in slept) + (total_slept or 0) if known else None)
         if wall >= PROBE_SECONDS and (wall >= MAX_PROBE_SECONDS or not self._unclear()):
             self._conclude_probe()
         elif self._busy == self.MEASURING_THREADS:  # both still run: the next stretch starts now
-            start, cpus = time.perf_counter(), [r.cpu() for r in self._runners]
-            for r in self._runners:
-                r.stretch_cpu, r.stretch_batches = 0.0, 0
-            self._stretch = (start, cpus, [r.sleeps() for r in self._runners])
+            self._start_stretch(time.perf_counter())
         self._cond.notify_all()
+
+    def _start_stretch(self, start: float) -> None:
+        """Begin a stretch of the probe at ``start`` (under the lock)."""
+        cpus = [r.cpu() for r in self._runners]  # clocks first: reading the sleeps is I/O, and gives up the GIL
+        for r in self._runners:
+            r.stretch_cpu, r.stretch_batches = 0.0, 0
+        self._stretch = (start, cpus, [r.sleeps() for r in self._runners])
 
     def _readings(self) -> tuple[float | None, float | None]:
         """How many threads ran at a time over the probe so far, and how often
