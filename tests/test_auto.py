@@ -17,7 +17,7 @@ import pytest
 import parcelout
 import parcelout._auto
 from parcelout._api import _batches
-from parcelout._auto import TINY_SECONDS
+from parcelout._auto import BUSY_SWITCH_INTERVAL, TINY_SECONDS
 from parcelout._options import usable_cpus
 
 BUFFER = b"\x5a" * (1 << 20)
@@ -189,13 +189,19 @@ def test_a_pool_cannot_measure_so_its_auto_means_processes() -> None:
 
 # The first item runs long: it ends only when the test has every other result.
 FIRST_MAY_END = threading.Event()
+first_saw_interval: list[float] = []  # the switch interval as the first item ended
+
+
+def first_ends() -> int:
+    first_saw_interval.append(sys.getswitchinterval())
+    return -1
 
 
 def first_waits_for_the_rest(x: int) -> int:
     if x == 0:
         if not FIRST_MAY_END.wait(60):  # the work itself: a long wait
             raise TimeoutError("the other items never came back")
-        return -1
+        return first_ends()
     return x
 
 
@@ -206,7 +212,7 @@ def first_computes_until_the_rest(x: int) -> int:
             spins += 1
             if spins > 500_000_000:
                 raise TimeoutError("the other items never came back")
-        return -1
+        return first_ends()
     return holds_the_gil(x)
 
 
@@ -216,6 +222,7 @@ def first_computes_until_the_rest(x: int) -> int:
 )
 def test_a_long_first_item_does_not_hold_up_the_choice_or_the_rest(fn: Any, backend: str) -> None:
     FIRST_MAY_END.clear()
+    first_saw_interval.clear()
     interval = sys.getswitchinterval()
     plans: list[parcelout.Plan] = []
     outcomes = _batches(fn, range(60), ordered=False, _on_plan=plans.append)
@@ -230,7 +237,23 @@ def test_a_long_first_item_does_not_hold_up_the_choice_or_the_rest(fn: Any, back
     assert sorted(seen) == sorted([-1] + [fn(x) for x in range(1, 60)])
     assert seen[-1] == -1  # the first item ended last
     assert [plan.backend for plan in plans] == [backend], plans
-    assert sys.getswitchinterval() == interval  # lowered while the first item ran on, then restored
+    # Lowered while a GIL-holding first item ran on beside the process workers, then restored.
+    expected = BUSY_SWITCH_INTERVAL if backend == "process" else interval
+    assert first_saw_interval == [expected]
+    assert sys.getswitchinterval() == interval
+
+
+def slow_to_finish(done: list[int], x: int) -> int:
+    threading.Event().wait(0.05)  # the work itself: a wait, long past the moment of the choice
+    done.append(x)
+    return x
+
+
+def test_explain_returns_once_the_items_it_started_have_finished() -> None:
+    done: list[int] = []
+    plan = parcelout.explain(functools.partial(slow_to_finish, done), range(100))
+    assert plan.backend == "thread"
+    assert done == [0]  # chosen within milliseconds, yet the item it started ended first
 
 
 @two_cpus
