@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from parcelout.backends import _wire as wire
+from parcelout.errors import TransferError
 from tests.faults import PickleRefused, Unpicklable, UnpickleRefused, UnpicklesBadly
 
 plain = st.one_of(st.integers(), st.floats(allow_nan=False), st.text(), st.binary(), st.none(), st.booleans())
@@ -32,8 +33,9 @@ def test_every_value_crosses_or_fails_alone(sent: list[Any]) -> None:
             assert isinstance(unsent[pos], PickleRefused)
             assert unsent[pos].__notes__ == [f"note {pos}"]
         elif isinstance(value, UnpicklesBadly):
-            assert isinstance(unloaded[pos], UnpickleRefused)
-            assert unloaded[pos].__notes__ == [f"note {pos}"]
+            assert isinstance(unloaded[pos], TransferError)
+            assert isinstance(unloaded[pos].__cause__, UnpickleRefused)
+            assert str(unloaded[pos]).startswith(f"note {pos}: UnpickleRefused: ")
         else:
             assert pos not in unsent
             assert pos not in unloaded

@@ -6,9 +6,13 @@ user already catches.
   pool is not broken by it: only the item that was running fails.
 * ``TaskTimeout`` is a ``TimeoutError`` (which ``concurrent.futures.TimeoutError``
   is): an item ran past its ``timeout``.
-* ``InitializerFailed`` is both a ``BrokenProcessPool`` and a
-  ``BrokenThreadPool``: after it the pool takes no more work, as the standard
-  executors do.
+* ``BrokenPool`` is both a ``BrokenProcessPool`` and a ``BrokenThreadPool``:
+  after it the pool takes no more work, as the standard executors do. Its
+  subclass ``InitializerFailed`` says a worker's initializer raised.
+* ``TransferError`` is a ``BrokenProcessPool`` too (what the standard pool
+  raises there), yet only its item fails: the item or its result was pickled
+  but could not be unpickled on the other side; the unpickling error is its
+  ``__cause__``.
 * ``RemoteTraceback`` is attached as ``__cause__`` of an exception that came
   back from a process worker, so the worker's traceback is printed with it.
 * ``RemoteError`` stands in for an exception that could not travel back from a
@@ -23,11 +27,13 @@ from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.thread import BrokenThreadPool
 
 __all__ = [
+    "BrokenPool",
     "InitializerFailed",
     "JournalError",
     "RemoteError",
     "RemoteTraceback",
     "TaskTimeout",
+    "TransferError",
     "WorkerCrashed",
 ]
 
@@ -103,8 +109,28 @@ class JournalError(Exception):
     by another function. The message says which, and what to do."""
 
 
-class InitializerFailed(BrokenProcessPool, BrokenThreadPool):
+class BrokenPool(BrokenProcessPool, BrokenThreadPool):
+    """The pool takes no more work: its workers cannot be started, or
+    parcelout's own dispatcher thread failed. Every waiting future gets it."""
+
+
+class InitializerFailed(BrokenPool):
     """A worker's ``initializer`` raised; the pool takes no more work."""
+
+
+class TransferError(BrokenProcessPool):
+    """An item or a result was pickled but could not be unpickled on the other
+    side of a process boundary. Only its item fails; the pool goes on.
+
+    The unpickling error is its ``__cause__`` (and travels with it).
+    """
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.__cause__ = cause
+
+    def __reduce__(self) -> tuple[type[TransferError], tuple[str, BaseException | None]]:
+        return (type(self), (str(self), self.__cause__))
 
 
 def describe_item(obj: object, limit: int = 80) -> str:

@@ -9,8 +9,12 @@ of them), which always loads; otherwise each value is pickled on its own and
 the message is the list of those pickles, so a value that fails costs only
 its own position.
 
-``encode`` and ``decode`` never raise for a bad value: they return the
-positions that failed, with the exception and a note naming the position.
+``encode`` and ``decode`` never raise for a bad value, whatever it raises
+(``SystemExit`` included): they return the positions that failed. A value
+that does not pickle fails with its own exception and a note naming the
+position; one that pickles but does not unpickle fails with a
+``TransferError`` (a ``BrokenProcessPool``, as the standard pool raises
+there) whose cause is the unpickling error.
 
 Large buffers (a NumPy array's data: whatever pickles its data with
 ``pickle.PickleBuffer``) can stay out of the pickle (protocol 5's
@@ -29,7 +33,7 @@ from typing import Any
 import cloudpickle
 
 from parcelout._core._messages import Batch, Call
-from parcelout.errors import RemoteError, RemoteTraceback, describe_item
+from parcelout.errors import RemoteError, RemoteTraceback, TransferError, describe_item
 
 _WHOLE = b"W"
 _EACH = b"E"
@@ -94,7 +98,7 @@ def encode(
         before = len(buffers) if buffers is not None else 0
         try:
             blob = dumps(value, buffers)
-        except Exception as exc:
+        except BaseException as exc:  # a __reduce__ that exits fails its own value, as itself
             exc.add_note(note(pos))
             errors[pos] = exc
             parts.append(None)
@@ -124,9 +128,9 @@ def decode(
         own, taken = buffers[taken : taken + count], taken + count
         try:
             out.append(pickle.loads(blob, buffers=own))
-        except Exception as exc:
-            exc.add_note(note(pos))
-            errors[pos] = exc
+        except BaseException as exc:  # even SystemExit from a reconstructor fails only its value
+            what = note(pos).removeprefix("parcelout: ")
+            errors[pos] = TransferError(f"{what}: {type(exc).__name__}: {exc}", exc)
             out.append(None)
     return out, errors
 
@@ -171,6 +175,9 @@ def decode_failures(blob: bytes, positions: list[int]) -> dict[int, BaseExceptio
             errors[pos] = RemoteError("unknown", "the worker could not send this item's exception", "pickling failed")
         else:
             exc, tb = pair
-            exc.__cause__ = RemoteTraceback(tb)
+            # The worker's traceback goes last in the chain (a TransferError brings its cause).
+            last = exc if exc.__cause__ is None else exc.__cause__
+            if last.__cause__ is None:
+                last.__cause__ = RemoteTraceback(tb)
             errors[pos] = exc
     return errors
