@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parcelout._core._messages import (
+    DEFAULT_POLICY,
     Batch,
     BatchDone,
     BatchResult,
@@ -58,6 +59,7 @@ class World:
     stopping: set[int] = field(default_factory=set)
     sent_items: Counter[int] = field(default_factory=Counter)
     delivered: Counter[int] = field(default_factory=Counter)
+    suspected: Counter[int] = field(default_factory=Counter)
     crashed: list[int] = field(default_factory=list)
     cancelled: list[int] = field(default_factory=list)
     submitted: list[int] = field(default_factory=list)
@@ -114,17 +116,24 @@ class World:
         n = len(batch.items)
         self.post(BatchDone(w, batch.id, list(range(n)), {}, 0.001 * n))
 
-    def crash(self, w: int, position: int) -> int | None:
-        """Kill worker ``w`` while it runs item ``position`` of its first batch."""
+    def crash(self, w: int, position: int) -> list[int]:
+        """Kill worker ``w`` while it runs item ``position`` of its first batch
+        (outside any item if there is none there); the items that fail for it.
+
+        A death outside any item makes each item of the first batch a suspect:
+        one that has been a suspect ``max_crashes`` times fails."""
         queue = self.queues.pop(w)
         self.stopping.discard(w)
-        culprit = None
         if queue and 0 <= position < len(queue[0].items):
-            culprit = queue[0].items[position][0]
             self.post(WorkerExited(w, -9, queue[0].id, position))
-        else:
-            self.post(WorkerExited(w, -9))
-        return culprit
+            return [queue[0].items[position][0]]
+        self.post(WorkerExited(w, -9))
+        failed = []
+        for index, _ in queue[0].items if queue else ():
+            self.suspected[index] += 1
+            if self.suspected[index] == DEFAULT_POLICY.max_crashes:
+                failed.append(index)
+        return failed
 
     def exit_stopped(self) -> None:
         for w in list(self.stopping):
@@ -177,9 +186,7 @@ def test_every_item_delivered_exactly_once(
             world.finish(busy[int(step[1]) % len(busy)])
         elif kind == "crash" and world.queues:
             live = sorted(world.queues)
-            culprit = world.crash(live[int(step[1]) % len(live)], int(step[2]))
-            if culprit is not None:
-                expected_crashes.append(culprit)
+            expected_crashes.extend(world.crash(live[int(step[1]) % len(live)], int(step[2])))
         world.exit_stopped()
     world.drain()
     assert sorted(world.delivered) == world.submitted
@@ -211,21 +218,31 @@ def test_crash_blames_the_running_item_only() -> None:
     world = World(1, 2)
     world.submit(5)  # items 0..4 in one batch on worker 0
     world.submit(3)  # items 5..7 queued behind it
-    culprit = world.crash(0, 2)
-    assert culprit == 2
+    assert world.crash(0, 2) == [2]
     assert world.crashed == [2]
     world.drain()
     assert sorted(world.delivered) == list(range(8))
     assert world.crashed == [2]
 
 
-def test_crash_between_items_blames_nobody() -> None:
+def test_one_crash_between_items_fails_nobody() -> None:
     world = World(1, 2)
     world.submit(3)
     world.crash(0, -1)
     world.drain()
     assert world.crashed == []
     assert sorted(world.delivered) == [0, 1, 2]
+
+
+def test_an_item_held_by_every_worker_that_dies_outside_items_fails_after_max_crashes() -> None:
+    # Such as an item whose receipt kills the worker: it is not sent again forever.
+    world = World(1, 1)
+    world.submit(1)
+    failed = [i for _ in range(DEFAULT_POLICY.max_crashes) for i in world.crash(min(world.queues), -1)]
+    assert failed == [0]
+    assert world.crashed == [0]
+    world.drain()
+    assert sorted(world.delivered) == [0]
 
 
 def test_shutdown_with_cancel_drops_pending_and_finishes_running() -> None:

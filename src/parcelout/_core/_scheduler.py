@@ -65,9 +65,15 @@ from parcelout._core._messages import (
 )
 from parcelout.errors import InitializerFailed, TaskTimeout, WorkerCrashed, describe_item
 
-# A worker that dies before it is ready may be bad luck (killed from outside);
-# this many in a row, with no batch finished between them, is a broken setup.
+# A worker that dies before it is ready by itself (an exit, a crash) this many
+# times in a row, with no batch finished between them, is a broken setup.
 START_FAILURES_TO_BREAK = 3
+# Killed from outside before it was ready (SIGKILL, SIGTERM...) is bad luck, not
+# a broken set-up, unless it happens this many times in a row.
+START_KILLS_TO_BREAK = 20
+_KILLED_FROM_OUTSIDE = frozenset(
+    -int(s) for s in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+)
 # A process worker past its timeout gets SIGTERM, then SIGKILL this much later.
 TIMEOUT_GRACE = 1.0
 
@@ -134,6 +140,7 @@ class Scheduler:
         self._closing = False
         self._killing = False
         self._start_failures = 0
+        self._start_kills = 0
         self.broken: BaseException | None = None
 
     # ------------------------------------------------------------ queries
@@ -200,7 +207,7 @@ class Scheduler:
             self._pending.append(batch)
 
     def _on_batch_done(self, event: BatchDone, out: list[Instruction]) -> None:
-        self._start_failures = 0
+        self._start_failures = self._start_kills = 0
         worker = self._workers.get(event.worker)
         if worker is None:
             return  # a worker already given up on (timed out): its batches went elsewhere
@@ -259,13 +266,17 @@ class Scheduler:
         if worker is None:
             return
         if not event.started and not worker.retiring and not self._killing:
-            self._start_failures += 1
-            if self._start_failures >= START_FAILURES_TO_BREAK:
+            if event.exitcode in _KILLED_FROM_OUTSIDE:
+                self._start_kills += 1
+            else:
+                self._start_failures += 1
+            if self._start_failures >= START_FAILURES_TO_BREAK or self._start_kills >= START_KILLS_TO_BREAK:
                 cause = WorkerCrashed(
                     f"a worker process died during start-up ({describe_exit(event.exitcode)})", event.exitcode
                 )
                 self._break(
-                    f"{self._start_failures} worker processes in a row died during start-up, the last with "
+                    f"{max(self._start_failures, self._start_kills)} worker processes in a row died during "
+                    f"start-up, the last with "
                     f"{describe_exit(event.exitcode)}; see their standard error (a main module that cannot be "
                     "imported again in a worker, such as a script read from standard input, is a common cause)",
                     cause,
@@ -282,9 +293,11 @@ class Scheduler:
 
         The worker's other batches never started; the items of the running
         batch before and after the culprit go back too (the results of those
-        before it died with the worker). A death between items of the running
-        batch (after the last one, while sending the results) makes all its
-        items suspects; a death before the running batch began blames nothing.
+        before it died with the worker). A death outside any item of the
+        running batch (while receiving or unpickling it, after the last item,
+        while sending the results) makes all its items suspects, so an item
+        whose receipt kills workers fails after ``max_crashes`` deaths; a
+        death before the worker was ready blames nothing.
         """
         running = worker.inflight[0]
         culprit = event.position if event.batch_id == running.id and event.position < len(running.items) else -1
@@ -296,11 +309,11 @@ class Scheduler:
             self._blame(worker, culprit, error, crashed=True, out=out)
             return
         worker.inflight.popleft()
-        if event.batch_id == running.id:  # died after its items ran: each one a suspect
+        if event.started:  # died outside its items' runs: each one a suspect
             how = describe_exit(event.exitcode)
             message = (
                 f"the worker process holding item {{}} died ({how}) outside any item's run "
-                "(receiving its batch or sending results)"
+                "(receiving its batch or sending results)" + (f"; {event.detail}" if event.detail else "")
             )
             suspects = []
             for pos in range(len(running.items)):
@@ -420,6 +433,7 @@ class Scheduler:
             self._pending.popleft()
             if batch.cancelled or (batch.try_start is not None and not batch.try_start()):
                 continue
+            batch.try_start = None  # asked once: a batch sent again (its worker died) is started already
             if self._quota is not None:
                 room = self._quota - worker.items_sent
                 if len(batch.items) > room:
