@@ -64,6 +64,13 @@ CASES = {
     for result in pool.map(busy, range(6)):
         print("result", result, flush=True)
 """,
+    # Interpreter exit waits for the work submitted, as the standard executors'
+    # exit does; a Ctrl-C during that wait stops it.
+    "Pool left to interpreter exit": """
+    pool = parcelout.Pool(2, backend)
+    futures = [pool.submit(busy, x) for x in range(6)]
+    futures[0].add_done_callback(lambda f: print("result", f.result(), flush=True))
+""",
 }
 
 
@@ -180,6 +187,7 @@ def test_one_ctrl_c_ends_the_program_promptly_and_leaves_no_worker(backend: str,
         script.finish()
 
     assert_stopped(script, took, processes)
+    assert script.proc.returncode != 0, "a program stopped by Ctrl-C must not report success"
     # The resource tracker (gone now) warns there of semaphores or shared memory left behind.
     assert "leaked" not in script.stderr(), script.stderr()
 

@@ -7,31 +7,38 @@ no worker outlives its pool.
 from parcelout import sync
 from parcelout._api import explain, imap, imap_unordered, map
 from parcelout._auto import Plan
+from parcelout._executors import ProcessPoolExecutor, ThreadPoolExecutor
 from parcelout._failure import Failure
 from parcelout._journal import Journal, read_outcomes, read_summary
 from parcelout._pool import Pool
 from parcelout._stress import RaceDetected, StressReport, stress
 from parcelout.errors import (
+    BrokenPool,
     InitializerFailed,
     JournalError,
     RemoteError,
     RemoteTraceback,
     TaskTimeout,
+    TransferError,
     WorkerCrashed,
 )
 
 __all__ = [
+    "BrokenPool",
     "Failure",
     "Plan",
     "InitializerFailed",
     "Journal",
     "JournalError",
     "Pool",
+    "ProcessPoolExecutor",
     "RaceDetected",
     "StressReport",
     "RemoteError",
     "RemoteTraceback",
     "TaskTimeout",
+    "ThreadPoolExecutor",
+    "TransferError",
     "WorkerCrashed",
     "explain",
     "imap",
@@ -52,6 +59,8 @@ for _name in (
     "Journal",
     "Plan",
     "Pool",
+    "ProcessPoolExecutor",
+    "ThreadPoolExecutor",
     "stress",
     "RaceDetected",
     "StressReport",

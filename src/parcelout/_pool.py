@@ -10,16 +10,22 @@ lazy maps through a bounded window.
 The pool owns its engine (one dispatcher thread and the workers); no worker
 outlives it: ``shutdown`` stops them, garbage collection of the pool shuts it
 down, and interpreter exit waits for the work submitted, as the standard
-executors do.
+executors do (a Ctrl-C during that wait stops the work at once).
+
+A future's done-callbacks run on a callback thread of the pool's, never on
+the dispatcher: a slow callback, or one that waits on another future of the
+same pool, holds up no result, and one that raises (even ``SystemExit``) is
+logged, as ``concurrent.futures`` logs it.
 """
 
 from __future__ import annotations
 
-import atexit
+import contextlib
 import functools
 import itertools
-import multiprocessing.util  # noqa: F401  (registers its exit hook before ours, so ours runs first)
+import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -36,7 +42,7 @@ from parcelout._core._scheduler import Scheduler
 from parcelout._journal import Journal
 from parcelout._options import CLUSTER_BACKENDS, PoolOptions, RetryOn, RunOptions, make_policy, positive_int
 from parcelout._stream import EngineLane, InlineLane, Lane, drive
-from parcelout.errors import InitializerFailed
+from parcelout.errors import BrokenPool, InitializerFailed
 
 if TYPE_CHECKING:
     from parcelout.backends._cluster import Cluster
@@ -45,6 +51,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _live: weakref.WeakSet[Pool] = weakref.WeakSet()
+_exiting = False  # set once the interpreter has begun to exit: no new work
+_log = logging.getLogger("concurrent.futures")  # where the standard executors log a failing callback
 _SERIAL_TIMEOUT = (
     "timeout needs thread or process workers: the serial backend runs each item in the calling thread, "
     "which cannot be stopped"
@@ -144,7 +152,7 @@ class Pool(Executor):
         self._ids = itertools.count()
         self._lock = threading.Lock()
         self._closed = False
-        self._not_started: set[Future[Any]] = set()
+        self._callbacks = _Callbacks()
         self._engine: Engine | None = None
         self._inline_ready = False
         self._inline_broken: BaseException | None = None
@@ -180,7 +188,7 @@ class Pool(Executor):
             RuntimeError: the pool was shut down.
             InitializerFailed: a worker's initializer failed earlier.
         """
-        future: Future[R] = Future()
+        future: Future[R] = _Future(self._callbacks)
         with self._lock:
             self._check_open()
             if self._engine is None:
@@ -192,13 +200,12 @@ class Pool(Executor):
                     return future
                 _run_inline(future, fn, args, kwargs, self._policy)
                 return future
-            self._not_started.add(future)
             batch = Batch(
                 next(self._ids),
                 Call(fn, star=True),
                 [(0, (args, kwargs))],
                 functools.partial(self._settle, future),
-                try_start=functools.partial(self._start, future),
+                try_start=future.set_running_or_notify_cancel,
                 policy=self._policy,
             )
             self._engine.post(Submitted(batch))
@@ -233,21 +240,24 @@ class Pool(Executor):
         return _results(futures, end, more, weakref.ref(self), fn)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop taking work; with ``wait``, return once every worker is gone.
+        """Stop taking work; with ``wait``, return once every worker is gone
+        and every done-callback has run.
 
-        ``cancel_futures`` cancels the futures that have not started.
+        ``cancel_futures`` cancels the futures whose work has not begun (the
+        work submitted before the call has been offered to idle workers first).
         """
         with self._lock:
             first = not self._closed
             self._closed = True
-            to_cancel = list(self._not_started) if cancel_futures else []
-        for future in to_cancel:
-            future.cancel()
         if self._engine is not None:
             if first or cancel_futures:
                 self._engine.post(Shutdown(cancel=cancel_futures))
+            if cancel_futures:
+                self._engine.sync()  # the pending futures are cancelled when this returns
             if wait:
                 self._engine.join()
+        if wait:
+            self._callbacks.join()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         """As the standard executors: wait for the work submitted. But on
@@ -344,16 +354,14 @@ class Pool(Executor):
     def _check_open(self) -> None:
         broken = self._engine.broken if self._engine is not None else self._inline_broken
         if broken is not None:
-            raise InitializerFailed(str(broken)) from broken.__cause__
+            kind = type(broken) if isinstance(broken, BrokenPool) else BrokenPool
+            raise kind(str(broken)) from broken.__cause__
+        if _exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         if self._closed:
             raise RuntimeError("cannot schedule new futures after shutdown")
 
-    def _start(self, future: Future[Any]) -> bool:
-        self._not_started.discard(future)
-        return future.set_running_or_notify_cancel()
-
     def _settle(self, future: Future[Any], result: BatchResult) -> None:
-        self._not_started.discard(future)
         if future.done():
             return
         error = result.errors.get(0) if result.values else CancelledError()
@@ -376,6 +384,65 @@ class Pool(Executor):
             self._engine.post(Shutdown(cancel=True, kill=True))
             if wait:
                 self._engine.join()
+
+
+class _Future(Future[R]):
+    """A future whose done-callbacks run on its pool's callback thread.
+
+    A callback added once the future is done runs at once, in the caller's
+    thread, as ``Future`` does.
+    """
+
+    def __init__(self, callbacks: _Callbacks) -> None:
+        super().__init__()
+        self._pool_callbacks = callbacks
+
+    def add_done_callback(self, fn: Callable[[Future[R]], object]) -> None:
+        if self.done():
+            _call_back(fn, self)
+            return
+        super().add_done_callback(functools.partial(self._pool_callbacks.run, fn))
+
+
+def _call_back(fn: Callable[[Future[Any]], object], future: Future[Any]) -> None:
+    try:
+        fn(future)
+    except BaseException:  # a callback never takes a parcelout thread down
+        _log.exception("exception calling callback for %r", future)
+
+
+class _Callbacks:
+    """Runs done-callbacks in order on one thread, started when one is due
+    and ended when none is left."""
+
+    def __init__(self) -> None:
+        self._due: deque[tuple[Callable[[Future[Any]], object], Future[Any]]] = deque()
+        self._idle = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def run(self, fn: Callable[[Future[Any]], object], future: Future[Any]) -> None:
+        with self._idle:
+            self._due.append((fn, future))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="parcelout-callbacks", daemon=True)
+                self._thread.start()
+
+    def join(self) -> None:
+        """Wait until every callback due has run (not on the callback thread)."""
+        with self._idle:
+            if self._thread is not threading.current_thread():
+                self._idle.wait_for(lambda: self._thread is None)
+
+    def _work(self) -> None:
+        while True:
+            with self._idle:
+                if not self._due:
+                    self._thread = None
+                    self._idle.notify_all()
+                    return
+                fn, future = self._due.popleft()
+            _call_back(fn, future)
+            del fn, future
 
 
 def check_callable(fn: object) -> None:
@@ -419,6 +486,7 @@ def _results(
             if more is not None and (owner := pool()) is not None and (next_chunk := next(more, None)):
                 chunk, start = next_chunk
                 futures.append((owner.submit(_apply_chunk, fn, chunk), start, len(chunk)))
+                del owner
             future, start, size = futures.popleft()
             try:
                 chunk_results = future.result(None if end is None else end - time.monotonic())
@@ -431,7 +499,10 @@ def _results(
                 raise
             finally:
                 future.cancel()
-            yield from chunk_results
+            del future  # hold no result the caller has let go of (as the standard map)
+            chunk_results.reverse()
+            while chunk_results:
+                yield chunk_results.pop()
     finally:
         for future, _, _ in futures:
             future.cancel()
@@ -481,13 +552,40 @@ def _backend_factory(options: PoolOptions) -> BackendFactory:
     )
 
 
-@atexit.register
 def _shutdown_at_exit() -> None:
-    """As the standard executors: interpreter exit waits for submitted work,
-    unless the program is ending on Ctrl-C: then it stops the work now."""
-    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
-    for pool in list(_live):
-        if interrupted:
-            pool._terminate(wait=True)
-        else:
+    """As the standard executors: interpreter exit waits for submitted work
+    (before ``atexit`` hooks run, which may no longer submit any), unless the
+    program is ending on Ctrl-C, or Ctrl-C comes during that wait: then the
+    work stops now and the program ends as an uncaught Ctrl-C ends it."""
+    global _exiting
+    _exiting = True
+    if isinstance(getattr(sys, "last_value", None), KeyboardInterrupt):
+        _terminate_all()
+        return
+    try:
+        for pool in list(_live):
             pool.shutdown(wait=True)
+    except KeyboardInterrupt:
+        _terminate_all()
+        sys.stderr.write("KeyboardInterrupt\n")
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def _terminate_all() -> None:
+    for pool in list(_live):
+        while True:
+            try:
+                pool._terminate(wait=True)
+                break
+            except KeyboardInterrupt:  # a second Ctrl-C: the pool is being stopped already
+                continue
+
+
+threading._register_atexit(_shutdown_at_exit)  # type: ignore[attr-defined]  # as concurrent.futures does
+# A forked child (a fork worker) inherits the pools but not their threads: its
+# exit must not wait for them.
+os.register_at_fork(after_in_child=_live.clear)

@@ -4,17 +4,25 @@ It is the only thread that touches the scheduler, so the scheduler needs no
 lock: callers and the backend talk to it by posting events into one inbox.
 The engine carries out the instructions the scheduler returns and calls each
 batch's sink with its result. It must never decide anything itself.
+
+It must never die silently either. A sink that raises is logged and the
+engine goes on. If the engine itself fails (a bug), it marks itself broken
+(``BrokenPool``): every batch it holds, and every batch posted later, is
+delivered failed with that error, so nobody waits on a dead thread.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from parcelout._core._messages import (
     Backend,
+    Batch,
     BatchResult,
     Deliver,
     Event,
@@ -23,11 +31,21 @@ from parcelout._core._messages import (
     Send,
     StartWorker,
     StopWorker,
+    Submitted,
     Tick,
 )
 from parcelout._core._scheduler import Scheduler
+from parcelout.errors import BrokenPool
 
 BackendFactory = Callable[[Callable[[Event], None]], Backend]
+_log = logging.getLogger("parcelout")
+
+
+@dataclass(frozen=True, slots=True)
+class _Barrier:
+    """Set ``reached`` once every event posted before it has been handled."""
+
+    reached: threading.Event
 
 
 class Engine:
@@ -46,7 +64,9 @@ class Engine:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._clock = clock
-        self._inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[Event | _Barrier] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # orders a post against the engine's death
+        self._dead: BrokenPool | None = None
         self._scheduler = scheduler
         self._backend = make_backend(self._inbox.put)
         self._done = threading.Event()
@@ -55,10 +75,28 @@ class Engine:
 
     @property
     def broken(self) -> BaseException | None:
-        return self._scheduler.broken
+        return self._dead or self._scheduler.broken
 
     def post(self, event: Event) -> None:
-        self._inbox.put(event)
+        with self._lock:
+            if self._dead is None and not self._done.is_set():
+                self._inbox.put(event)
+                return
+            error = self._dead or RuntimeError("cannot schedule new futures after shutdown")
+        if isinstance(event, Submitted):
+            _fail(event.batch, error)
+
+    def sync(self) -> None:
+        """Return once every event posted before this call has been handled
+        (at once on the engine's own thread, or once it is gone)."""
+        if threading.current_thread() is self._thread:
+            return
+        barrier = _Barrier(threading.Event())
+        with self._lock:
+            if self._dead is not None or self._done.is_set():
+                return
+            self._inbox.put(barrier)
+        barrier.reached.wait()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until every worker is gone; True if so within ``timeout``.
@@ -71,18 +109,28 @@ class Engine:
         return self._done.wait(timeout)
 
     def _run(self) -> None:
+        event: Event | _Barrier | None = None
         try:
             self._carry_out(self._scheduler.start())
             while not self._scheduler.finished:
-                self._carry_out(self._scheduler.handle(self._next_event()))
+                event = self._next_event()
+                if isinstance(event, _Barrier):
+                    event.reached.set()
+                    continue
+                self._carry_out(self._scheduler.handle(event))
+                event = None  # hold no item or result between events
         except BaseException as exc:  # a bug here must not leave callers waiting
-            self._fail_everything(exc)
+            self._fail_everything(exc, event)
             raise
         finally:
-            self._backend.close()
-            self._done.set()
+            try:
+                self._backend.close()
+            finally:
+                with self._lock:
+                    self._done.set()
+                self._release_barriers()
 
-    def _next_event(self) -> Event:
+    def _next_event(self) -> Event | _Barrier:
         """The next event posted, or a ``Tick`` once the scheduler's deadline comes."""
         deadline = self._scheduler.next_deadline
         if deadline is None:
@@ -92,6 +140,18 @@ class Engine:
         except queue.Empty:
             return Tick()
 
+    def _release_barriers(self) -> None:
+        """Once gone, nothing posted is handled: release whoever waits."""
+        while True:
+            try:
+                event = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(event, _Barrier):
+                event.reached.set()
+            elif isinstance(event, Submitted):
+                _fail(event.batch, self._dead or RuntimeError("cannot schedule new futures after shutdown"))
+
     def _carry_out(self, instructions: list[Instruction]) -> None:
         backend = self._backend
         for instruction in instructions:
@@ -99,7 +159,7 @@ class Engine:
                 case Send(worker, batch):
                     backend.send(worker, batch)
                 case Deliver(result):
-                    result.batch.sink(result)
+                    _deliver(result)
                 case StartWorker(worker):
                     backend.start_worker(worker)
                 case StopWorker(worker):
@@ -107,12 +167,29 @@ class Engine:
                 case KillWorker(worker, grace):
                     backend.kill_worker(worker, grace)
 
-    def _fail_everything(self, exc: BaseException) -> None:
-        error = RuntimeError(f"parcelout's dispatcher thread failed: {exc!r}")
+    def _fail_everything(self, exc: BaseException, event: Event | _Barrier | None) -> None:
+        error = BrokenPool(f"parcelout's dispatcher thread failed ({exc!r}); the pool takes no more work")
         error.__cause__ = exc
+        with self._lock:
+            self._dead = error
         batches = [*self._scheduler.pending]
+        if isinstance(event, Submitted) and not any(batch is event.batch for batch in batches):
+            batches.append(event.batch)  # it failed while being taken in
         for held in self._scheduler.workers.values():
             batches.extend(held)
         for batch in batches:
-            n = len(batch.items)
-            batch.sink(BatchResult(batch, [None] * n, dict.fromkeys(range(n), error)))
+            _fail(batch, error)
+        self._release_barriers()
+
+
+def _deliver(result: BatchResult) -> None:
+    """Hand a result to its sink; a sink that raises is logged, never fatal."""
+    try:
+        result.batch.sink(result)
+    except BaseException:
+        _log.exception("parcelout: delivering the result of batch %d failed", result.batch.id)
+
+
+def _fail(batch: Batch, error: BaseException) -> None:
+    n = len(batch.items)
+    _deliver(BatchResult(batch, [None] * n, dict.fromkeys(range(n), error)))

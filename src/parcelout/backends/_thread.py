@@ -8,6 +8,7 @@ timeout is abandoned that way and runs on in its thread.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -15,6 +16,8 @@ from typing import Any
 
 from parcelout._core._messages import Batch, BatchDone, Event, InitFailed, ItemStarted, WorkerExited
 from parcelout.backends._base import run_batch
+
+_log = logging.getLogger("concurrent.futures")
 
 
 class _StartReporter:
@@ -83,6 +86,7 @@ class ThreadBackend:
                 try:
                     self._initializer(*self._initargs)
                 except BaseException as exc:
+                    _log.critical("Exception in initializer:", exc_info=True)  # as ThreadPoolExecutor logs it
                     self._report(InitFailed(worker, exc))
                     return
             while (batch := inbox.get()) is not None and worker not in self._abandoned:
@@ -90,6 +94,7 @@ class ThreadBackend:
                 slot = None if batch.policy.timeout is None else _StartReporter(self._report, worker, batch.id)
                 values, errors, elapsed = run_batch(batch.call.fn, batch.call.star, payloads, slot, flag=batch)
                 self._report(BatchDone(worker, batch.id, values, errors, elapsed))
+                del batch, payloads, slot, values, errors  # keep no item, function or result while idle
         finally:
             self._abandoned.discard(worker)
             self._report(WorkerExited(worker, 0))
