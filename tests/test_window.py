@@ -12,8 +12,8 @@ import psutil
 import pytest
 
 import parcelout
-from parcelout._core._batcher import UNKNOWN_LENGTH_CAP
-from parcelout._stream import default_window
+from parcelout._core._batcher import MAX_BATCH
+from parcelout._stream import WINDOW_BYTES, default_window
 
 MILLIONS = 2_000_000
 
@@ -53,7 +53,50 @@ def test_default_window_is_bounded_on_endless_input(backend: str) -> None:
         most = max(most, source.taken - yielded)
         if yielded == 100_000:
             break
-    assert most <= default_window(2, UNKNOWN_LENGTH_CAP)
+    assert most <= default_window(2, MAX_BATCH)
+
+
+class SizedCounting(Counting):
+    """As ``Counting``, with a length: a dataset of a million records."""
+
+    def __len__(self) -> int:
+        return 1_000_000
+
+
+def test_a_long_sized_input_is_pulled_no_further_ahead_than_an_endless_one(backend: str) -> None:
+    source = SizedCounting()
+    most = 0
+    for yielded, _ in enumerate(parcelout.imap(add_one, source, backend=backend, workers=2), 1):
+        most = max(most, source.taken - yielded)
+        if yielded == 100_000:
+            break
+    assert most <= default_window(2, MAX_BATCH)
+
+
+KIB_256 = 256 * 1024
+
+
+class LargeItems:
+    """An endless input of distinct 256 KiB items that counts what was taken."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            self.taken += 1
+            yield bytes([self.taken % 256]) * KIB_256
+
+
+def test_a_window_of_large_items_is_bounded_in_bytes(backend: str) -> None:
+    source = LargeItems()
+    most = 0
+    for yielded, size in enumerate(parcelout.imap(len, source, backend=backend, workers=2), 1):
+        assert size == KIB_256
+        most = max(most, source.taken - yielded)
+        if yielded == 1500:  # 375 MiB through
+            break
+    assert most * KIB_256 <= WINDOW_BYTES + 4 * KIB_256, f"{most} items of 256 KiB taken ahead"
 
 
 @pytest.mark.timeout(120)

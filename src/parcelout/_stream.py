@@ -3,8 +3,10 @@ thread::
 
     items -> Feeder -> Batcher -> lane (the pool's engine, or inline) -> Collector -> caller
 
-At most ``window`` items are taken from the input and not yet yielded, so an
-endless generator streams in bounded memory. Closing the stream (end,
+At most ``window`` items are taken from the input and not yet yielded, and
+about ``WINDOW_BYTES`` of them and their results at most (sizes estimated
+from samples), so an endless generator of large items streams in bounded
+memory too. Closing the stream (end,
 ``break``, ``close()``, garbage collection, an exception) cancels its batches
 that have not started.
 """
@@ -21,7 +23,7 @@ from typing import Any, Protocol
 from parcelout._core._batcher import TARGET_SECONDS, Batcher
 from parcelout._core._collector import Collector
 from parcelout._core._engine import Engine
-from parcelout._core._feeder import Feeder
+from parcelout._core._feeder import Feeder, SizeEstimate
 from parcelout._core._messages import Batch, BatchResult, Call, CancelGroup, Policy, Submitted
 from parcelout._failure import Failure, kind_of
 from parcelout._journal import JournalLane, open_journal
@@ -31,6 +33,9 @@ from parcelout.backends._base import Flag, Slot, run_batch
 from parcelout.errors import describe_item
 
 _groups = itertools.count(1)
+# The most bytes of items, and of their results, taken and not yet yielded
+# (as estimated from samples): large items make a smaller window.
+WINDOW_BYTES = 64 * 2**20
 
 
 class Lane(Protocol):
@@ -150,20 +155,43 @@ def default_window(workers: int, batch_size: int) -> int:
     return max(4 * workers * batch_size, 16)
 
 
-def window_and_batch(lane: Lane, size: int, window: int | None) -> tuple[int, int]:
+def window_and_batch(lane: Lane, size: int, window: int | None, item_bytes: int = 0) -> tuple[int, int]:
     """The window now, and how many items to take at a time.
 
     Inline, one batch runs at a time. Otherwise at most four batches per
     worker are out, so that the batch size can adapt to what it measures, and
     a batch is only sent whole: topping up the window item by item would
-    shrink every batch to one item.
+    shrink every batch to one item. Either way, no more items than
+    ``WINDOW_BYTES`` holds at ``item_bytes`` each (an item and its result),
+    but at least one per worker.
     """
     if lane.inline:
-        limit = min(size, window) if window else size
+        limit = _inline_size(size, window, item_bytes)
         return limit, limit
-    limit = default_window(lane.workers, size)
+    fit = WINDOW_BYTES // item_bytes if item_bytes else size
+    limit = min(default_window(lane.workers, size), max(lane.workers, fit))
     window = min(window, limit) if window else limit
     return window, max(1, min(size, window // (2 * lane.workers)))
+
+
+def _inline_size(size: int, window: int | None, item_bytes: int) -> int:
+    """How many items to take at once when they run in this thread."""
+    fit = WINDOW_BYTES // item_bytes if item_bytes else size
+    return max(1, min(size, fit, window or size))
+
+
+class _ResultSizes(SizeEstimate):
+    """The bytes per result, from the first value of a few first results,
+    then of one result in 16."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen = 0
+
+    def observe(self, result: BatchResult) -> None:
+        if result.values and (self._seen < 4 or self._seen % 16 == 0):
+            self.add(result.values[0])
+        self._seen += 1
 
 
 def length_of(items: Iterable[Any]) -> int | None:
@@ -217,19 +245,15 @@ def _drive(
     plain = on_error == "raise" and options.progress is False and options.policy.retries == 0
     in_flight = 0  # taken from the input, not yet yielded
     out = 0  # at the lane, not yet back
+    result_bytes = _ResultSizes()
     try:
         while True:
             if plain and in_flight == 0 and not feeder.exhausted and lane.serial_now():
-                size = min(batcher.size, options.window) if options.window else batcher.size
-                start = time.perf_counter()
-                values, failed = _run_here(call.fn, feeder, size)
-                batcher.observe(len(values) + (failed is not None), time.perf_counter() - start)
-                if values:
-                    yield values
-                if failed is not None:
-                    raise failed
+                yield from _run_plain(call.fn, feeder, batcher, options.window)
                 continue
-            added = _fill(lane, call, feeder, batcher, options, in_flight=out if options.keeps_results else in_flight)
+            per_item = feeder.item_bytes.bytes + result_bytes.bytes
+            in_window = out if options.keeps_results else in_flight
+            added = _fill(lane, call, feeder, batcher, options, in_flight=in_window, item_bytes=per_item)
             in_flight, out = in_flight + added, out + added
             if in_flight == 0:
                 break
@@ -237,6 +261,7 @@ def _drive(
             if not result.batch.items:
                 continue  # the lane takes more input before anything finished
             out -= len(result.batch.items)
+            result_bytes.observe(result)
             if result.elapsed:
                 batcher.observe(len(result.values), result.elapsed)
             progress.advance(len(result.batch.items))
@@ -257,10 +282,19 @@ def _drive(
         progress.close()
 
 
-def _fill(lane: Lane, call: Call, feeder: Feeder[Any], batcher: Batcher, options: RunOptions, *, in_flight: int) -> int:
+def _fill(
+    lane: Lane,
+    call: Call,
+    feeder: Feeder[Any],
+    batcher: Batcher,
+    options: RunOptions,
+    *,
+    in_flight: int,
+    item_bytes: int,
+) -> int:
     """Submit batches while the window, ``in_flight`` full, has room; how many items went."""
     batcher.workers = lane.workers  # an auto lane knows its workers once it has chosen
-    window, want = window_and_batch(lane, batcher.size, options.window)
+    window, want = window_and_batch(lane, batcher.size, options.window, item_bytes)
     added = 0
     while window - in_flight - added >= want and not feeder.exhausted:
         chunk = feeder.take(want)
@@ -285,6 +319,21 @@ def _release(collector: Collector, result: BatchResult, on_error: str) -> tuple[
         elif on_error == "return":
             released.append(Failure(index, item, value, kind_of(value), attempts))
     return released, count, None
+
+
+def _run_plain(
+    fn: Callable[[Any], Any], feeder: Feeder[Any], batcher: Batcher, window: int | None
+) -> Generator[list[Any], None, None]:
+    """Run the next batch of items in this thread (see ``_run_here``); yield
+    their results, then raise the exception that stopped them, if one did."""
+    size = _inline_size(batcher.size, window, feeder.item_bytes.bytes)
+    start = time.perf_counter()
+    values, failed = _run_here(fn, feeder, size)
+    batcher.observe(len(values) + (failed is not None), time.perf_counter() - start)
+    if values:
+        yield values
+    if failed is not None:
+        raise failed
 
 
 def _run_here(fn: Callable[[Any], Any], feeder: Feeder[Any], size: int) -> tuple[list[Any], BaseException | None]:

@@ -7,7 +7,8 @@ batches of about ``target`` seconds (``TARGET_SECONDS`` for local workers,
 milliseconds), long enough to amortise the round trip to a worker and short
 enough to balance the tail. Where the input's length is
 known, a batch never exceeds a quarter of each worker's share, so that every
-worker gets several batches.
+worker gets several batches; and never ``MAX_BATCH`` items, however long the
+input, so that the window (a few batches per worker) does not grow with it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import math
 
 TARGET_SECONDS = 0.02
 CLUSTER_TARGET_SECONDS = 0.1
-UNKNOWN_LENGTH_CAP = 4096
+MAX_BATCH = 4096
 
 
 class Batcher:
@@ -37,8 +38,8 @@ class Batcher:
     @property
     def _cap(self) -> int:
         if self._total is None:
-            return UNKNOWN_LENGTH_CAP
-        return max(1, math.ceil(self._total / (4 * self.workers)))
+            return MAX_BATCH
+        return max(1, min(MAX_BATCH, math.ceil(self._total / (4 * self.workers))))
 
     def observe(self, items: int, seconds: float) -> None:
         """Learn from a finished batch of ``items`` that took ``seconds``."""
