@@ -157,3 +157,31 @@ def test_map_goes_past_a_slow_item_while_imap_keeps_its_window() -> None:
     with pytest.raises(TimeoutError, match="of the other items ran"):
         list(parcelout.imap(head, range(500), backend="thread", workers=2, chunksize=1, window=20))
     assert 0 < head.ran < 20
+
+
+class Lockstep:
+    """An input that, from item 2 on, gives the next item only once the
+    previous one's result has been yielded (waiting ``patience`` seconds at
+    most): results must come while the input waits."""
+
+    def __init__(self, n: int, patience: float) -> None:
+        self.n = n
+        self.patience = patience
+        self.yielded = [threading.Event() for _ in range(n)]
+        self.waited_in_vain: list[int] = []
+
+    def __iter__(self) -> Iterator[int]:
+        for i in range(self.n):
+            if i >= 2 and not self.yielded[i - 1].wait(self.patience):
+                self.waited_in_vain.append(i)
+            yield i
+
+
+def test_results_are_yielded_while_a_slow_input_waits(backend: str) -> None:
+    source = Lockstep(12, patience=2.0)
+    for result in parcelout.imap(add_one, source, backend=backend, workers=2):
+        source.yielded[result - 1].set()
+    # The first waits show the input is slow (a run of 1 or 2 items read in
+    # this thread); from then on it is read on a reader thread, and each
+    # result comes while the input waits for it.
+    assert all(i <= 3 for i in source.waited_in_vain), source.waited_in_vain

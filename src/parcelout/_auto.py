@@ -456,6 +456,7 @@ class AutoLane:
         self._busy = 0  # batches the measuring threads are running
         self._watching = False  # the calling thread waits: the measuring threads may start batches
         self._asked = False  # it said "take more" and nothing was submitted since
+        self._woken = False  # the input has more: next_result returns with no items
         self._call: Call | None = None
         self._done: deque[BatchResult] = deque()
         self._error: BaseException | None = None
@@ -513,6 +514,10 @@ class AutoLane:
             if self._lane is None and self.measurer.plan is not None:
                 self._hand_over()
             with self._cond:
+                if self._woken:
+                    self._woken = False
+                    assert self._call is not None
+                    return BatchResult(Batch(0, self._call, [], self._done.append), [], {})
                 if self._done:
                     return self._done.popleft()
                 if self._lane is not None and self._lane_out:
@@ -526,7 +531,19 @@ class AutoLane:
                 if not self._busy and not self._waiting:
                     raise RuntimeError("parcelout: asked for a result with no batch out")  # a bug, not a hang
         assert self._lane is not None
-        return self._lane.next_result()
+        result = self._lane.next_result()
+        if not result.batch.items:
+            self._lane_out += 1  # woken: no batch came back
+        return result
+
+    def wake(self) -> None:
+        lane = self._lane
+        if lane is not None:
+            lane.wake()
+            return
+        with self._cond:
+            self._woken = True
+            self._cond.notify_all()
 
     def cancel(self) -> None:
         self._close(wait=False)
@@ -583,7 +600,7 @@ class AutoLane:
 
     def _settled(self) -> bool:
         """Whether the calling thread has something to do (under the lock)."""
-        if self._done or self._lane_out or (not self._busy and not self._waiting):
+        if self._woken or self._done or self._lane_out or (not self._busy and not self._waiting):
             return True
         if self.measurer.plan is not None and self._lane is None:
             return True  # to hand over

@@ -33,6 +33,8 @@ from parcelout.backends._base import Flag, Slot, run_batch
 from parcelout.errors import describe_item
 
 _groups = itertools.count(1)
+# What a lane's next_result returns when woken: no items, more input to take.
+WAKE = BatchResult(Batch(-1, Call(print), [], lambda _: None), [], {})
 # The most bytes of items, and of their results, taken and not yet yielded
 # (as estimated from samples): large items make a smaller window.
 WINDOW_BYTES = 64 * 2**20
@@ -65,6 +67,10 @@ class Lane(Protocol):
         """True if items run in the caller's thread from now on (the initializer,
         if any, has run): the stream may then call the function itself."""
 
+    def wake(self) -> None:
+        """Make a ``next_result`` that waits return a result with no items
+        (from any thread): the input has more for the stream to take."""
+
 
 class EngineLane:
     inline = False
@@ -89,6 +95,9 @@ class EngineLane:
 
     def serial_now(self) -> bool:
         return False
+
+    def wake(self) -> None:
+        self._results.put(WAKE)
 
 
 class InlineLane:
@@ -148,6 +157,9 @@ class InlineLane:
         self._prepare()
         return True
 
+    def wake(self) -> None:
+        pass  # nothing runs while the caller waits for input
+
 
 def default_window(workers: int, batch_size: int) -> int:
     """Enough items for every worker to hold a batch, another queued, and more
@@ -168,8 +180,9 @@ def window_and_batch(lane: Lane, size: int, window: int | None, item_bytes: int 
     if lane.inline:
         limit = _inline_size(size, window, item_bytes)
         return limit, limit
-    fit = WINDOW_BYTES // item_bytes if item_bytes else size
-    limit = min(default_window(lane.workers, size), max(lane.workers, fit))
+    limit = default_window(lane.workers, size)
+    if item_bytes:
+        limit = min(limit, max(lane.workers, WINDOW_BYTES // item_bytes))
     window = min(window, limit) if window else limit
     return window, max(1, min(size, window // (2 * lane.workers)))
 
@@ -236,7 +249,7 @@ def _drive(
     lane: Lane, call: Call, items: Iterable[Any], options: RunOptions, ordered: bool
 ) -> Generator[list[Any], None, None]:
     total = length_of(items)
-    feeder = Feeder(items)
+    feeder = Feeder(items, wake=getattr(lane, "wake", None))
     batcher = Batcher(lane.workers, options.chunksize, total, lane.batch_seconds)
     collector = Collector(ordered)
     progress = Progress(options.progress, total)
@@ -278,6 +291,7 @@ def _drive(
         if feeder.error is not None:
             raise feeder.error
     finally:
+        feeder.close()
         lane.cancel()
         progress.close()
 
@@ -297,10 +311,14 @@ def _fill(
     window, want = window_and_batch(lane, batcher.size, options.window, item_bytes)
     added = 0
     while window - in_flight - added >= want and not feeder.exhausted:
-        chunk = feeder.take(want)
+        # Wait for input only with nothing out: else a slow input's items go
+        # as they come, and results are yielded meanwhile.
+        chunk = feeder.take(want, block=in_flight + added == 0, room=window - in_flight - added)
         if chunk:
             lane.submit(call, chunk, options.policy)
             added += len(chunk)
+        if len(chunk) < want:
+            break
     return added
 
 
