@@ -28,7 +28,8 @@ if __name__ == "__main__":
     total = sum(parcelout.imap(len, items(), backend=sys.argv[1], workers=2))
     assert total == 8000 * KIB_256
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(f"{sys.argv[1]}: 2 GiB of 256 KiB items, parent peak RSS {peak / 1024:.0f} MiB (before: {before / 1024:.0f} MiB)")
+    print(f"{sys.argv[1]}: 2 GiB of 256 KiB items, parent peak RSS {peak / 1024:.0f} MiB",
+          f"(before: {before / 1024:.0f} MiB)")
 """
 
 AHEAD = """
