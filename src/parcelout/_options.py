@@ -21,14 +21,68 @@ POLICY_OPTION_NAMES = ("timeout", "retries", "retry_on", "backoff", "max_crashes
 
 
 def usable_cpus() -> int:
-    """CPUs this process may run on (affinity and, on 3.13, cgroup-aware)."""
+    """CPUs this process may use: those its CPU affinity allows, and no more
+    than its cgroup's CPU quota (a container limited to 2 CPUs on a 64-core
+    host gets 2)."""
     if hasattr(os, "process_cpu_count"):
         n = os.process_cpu_count()
     elif hasattr(os, "sched_getaffinity"):
         n = len(os.sched_getaffinity(0))
     else:  # pragma: no cover - not Linux
         n = os.cpu_count()
-    return n or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(n or 1, quota if quota is not None else n or 1))
+
+
+def cgroup_cpu_quota(root: str = "/sys/fs/cgroup", membership: str = "/proc/self/cgroup") -> int | None:
+    """The CPUs the cgroup quota allows this process (rounded up), the least
+    of its cgroup's and its ancestors'; None if no quota is set or known.
+
+    cgroup v2: ``cpu.max`` ("max 100000" or "200000 100000"); v1:
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (-1: none).
+    """
+    try:
+        with open(membership) as lines:
+            groups = [line.rstrip("\n").split(":", 2) for line in lines]
+    except OSError:
+        return None
+    limits: list[int] = []
+    for _, controllers, path in (g for g in groups if len(g) == 3):
+        if controllers == "":
+            limits.extend(_quotas(root, path, _v2_quota))
+        elif "cpu" in controllers.split(","):
+            limits.extend(_quotas(os.path.join(root, "cpu"), path, _v1_quota))
+            limits.extend(_quotas(os.path.join(root, controllers), path, _v1_quota))
+    return min(limits, default=None)
+
+
+def _quotas(base: str, path: str, read: Callable[[str], int | None]) -> list[int]:
+    """The quotas set in ``base`` + ``path`` and each folder above it."""
+    found = []
+    parts = [part for part in path.split("/") if part]
+    for depth in range(len(parts), -1, -1):
+        quota = read(os.path.join(base, *parts[:depth]))
+        if quota is not None:
+            found.append(quota)
+    return found
+
+
+def _v2_quota(folder: str) -> int | None:
+    try:
+        with open(os.path.join(folder, "cpu.max")) as f:
+            quota, period = f.read().split()[:2]
+        return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        return None
+
+
+def _v1_quota(folder: str) -> int | None:
+    try:
+        with open(os.path.join(folder, "cpu.cfs_quota_us")) as q, open(os.path.join(folder, "cpu.cfs_period_us")) as p:
+            quota, period = int(q.read()), int(p.read())
+        return None if quota <= 0 or period <= 0 else max(1, math.ceil(quota / period))
+    except (OSError, ValueError):
+        return None
 
 
 def positive_int(value: object, name: str, *, message: str | None = None) -> int:
