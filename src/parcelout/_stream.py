@@ -30,6 +30,7 @@ from parcelout._journal import JournalLane, open_journal
 from parcelout._options import RunOptions
 from parcelout._progress import Progress
 from parcelout.backends._base import Flag, Slot, run_batch
+from parcelout.backends._wire import size_of
 from parcelout.errors import describe_item
 
 _groups = itertools.count(1)
@@ -198,7 +199,7 @@ class _ResultSizes(SizeEstimate):
     then of one result in 16."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(size_of)
         self._seen = 0
 
     def observe(self, result: BatchResult) -> None:
@@ -249,7 +250,7 @@ def _drive(
     lane: Lane, call: Call, items: Iterable[Any], options: RunOptions, ordered: bool
 ) -> Generator[list[Any], None, None]:
     total = length_of(items)
-    feeder = Feeder(items, wake=getattr(lane, "wake", None))
+    feeder = Feeder(items, wake=getattr(lane, "wake", None), size_of=size_of)
     batcher = Batcher(lane.workers, options.chunksize, total, lane.batch_seconds)
     collector = Collector(ordered)
     progress = Progress(options.progress, total)

@@ -6,8 +6,8 @@ it stopped at, to be raised after every earlier item has been yielded.
 
 It also keeps an estimate of how large an item is (``item_bytes``), so that
 the window can be bounded in bytes as well as in items: the first item of
-each take is sized by pickling it, without copying its large buffers
-(``size_of``).
+each take is sized by the ``size_of`` it is given (the stream gives one that
+pickles it without copying its large buffers).
 
 An input that makes the stream wait (a read took over ``SLOW_ITEM`` seconds)
 is read from then on by a reader thread, so that the stream yields the
@@ -21,8 +21,6 @@ a whole batch.
 from __future__ import annotations
 
 import itertools
-import pickle
-import sys
 import threading
 import time
 from collections import deque
@@ -35,43 +33,35 @@ T = TypeVar("T")
 SLOW_ITEM = 0.02
 
 
-def size_of(value: object) -> int:
-    """About how many bytes ``value`` holds: its pickled size, counting large
-    buffers (a NumPy array's data) by their length instead of copying them;
-    ``sys.getsizeof`` for a value that does not pickle."""
-    buffers = 0
-
-    def count(buffer: pickle.PickleBuffer) -> bool:
-        nonlocal buffers
-        buffers += buffer.raw().nbytes
-        return False  # out of band: not copied into the pickle
-
-    try:
-        return len(pickle.dumps(value, protocol=5, buffer_callback=count)) + buffers
-    except Exception:
-        return sys.getsizeof(value)
-
-
 class SizeEstimate:
-    """A running estimate of the bytes per value, from the values sized so far."""
+    """A running estimate of the bytes per value, from the values ``size_of``
+    has sized so far (none: no estimate)."""
 
-    def __init__(self) -> None:
+    def __init__(self, size_of: Callable[[object], int] | None = None) -> None:
+        self._size_of = size_of
         self.bytes = 0  # 0 until a value has been sized
 
     def add(self, value: object) -> None:
-        size = size_of(value)
+        if self._size_of is None:
+            return
+        size = self._size_of(value)
         self.bytes = size if self.bytes == 0 else (3 * self.bytes + size) // 4
 
 
 class Feeder(Generic[T]):
-    def __init__(self, items: Iterable[T], wake: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        items: Iterable[T],
+        wake: Callable[[], None] | None = None,
+        size_of: Callable[[object], int] | None = None,
+    ) -> None:
         self._items: Iterator[T] = iter(items)
         self._wake = wake
         self._reader: _Reader[T] | None = None
         self.taken = 0
         self.exhausted = False
         self.error: Exception | None = None
-        self.item_bytes = SizeEstimate()
+        self.item_bytes = SizeEstimate(size_of)
 
     def take(self, n: int, *, block: bool = True, room: int | None = None) -> list[tuple[int, T]]:
         """Up to ``n`` more ``(index, item)`` pairs (see ``take_items``)."""

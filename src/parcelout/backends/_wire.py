@@ -27,6 +27,7 @@ on each side of the pipe instead of three.
 from __future__ import annotations
 
 import pickle
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -133,6 +134,23 @@ def decode(
             errors[pos] = TransferError(f"{what}: {type(exc).__name__}: {exc}", exc)
             out.append(None)
     return out, errors
+
+
+def size_of(value: object) -> int:
+    """About how many bytes ``value`` holds: its pickled size, counting large
+    buffers (a NumPy array's data) by their length instead of copying them;
+    ``sys.getsizeof`` for a value that does not pickle."""
+    buffers = 0
+
+    def count(buffer: pickle.PickleBuffer) -> bool:
+        nonlocal buffers
+        buffers += buffer.raw().nbytes
+        return False  # out of band: not copied into the pickle
+
+    try:
+        return len(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL, buffer_callback=count)) + buffers
+    except Exception:
+        return sys.getsizeof(value)
 
 
 # ---------------------------------------------------------------- batches
