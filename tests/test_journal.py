@@ -176,13 +176,21 @@ def test_with_key_reordered_and_extended_input_resumes(tmp_path: Path) -> None:
     assert runs(log) == Counter(range(12))
 
 
-def test_a_key_that_is_not_a_str_or_int_fails_its_item(tmp_path: Path) -> None:
-    out = parcelout.map(
-        triple, range(4), journal=tmp_path / "run.db", key=lambda x: [x] if x == 2 else x, on_error="return"
-    )
+def test_a_key_that_is_not_a_str_or_int_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(JournalError, match=r"the key of item 2 \(2\) is \[2\], a list: key= must give each item"):
+        parcelout.map(triple, range(4), journal=tmp_path / "run.db", key=lambda x: [x] if x == 2 else x)
+
+
+def test_a_key_that_raises_fails_its_item(tmp_path: Path) -> None:
+    def key(x: int) -> int:
+        if x == 2:
+            raise LookupError("no key for 2")
+        return x
+
+    out = parcelout.map(triple, range(4), journal=tmp_path / "run.db", key=key, on_error="return")
     assert out[:2] == [0, 3]
     assert isinstance(out[2], Failure)
-    assert isinstance(out[2].error, TypeError)
+    assert isinstance(out[2].error, LookupError)
     assert "item 2 (2) has no journal key" in "".join(out[2].error.__notes__)
     assert out[3] == 9
 

@@ -13,8 +13,12 @@ records it like any other failure. ``Apply`` also fails an item whose result JSO
 line stays valid JSON.
 
 Exit status: 0 when every item succeeded, 1 when some failed (a summary on standard error), 2 for a usage error
-(bad arguments, a function that cannot be found, an unreadable file or journal): one line on standard error,
-never a traceback for a user's mistake.
+(bad arguments, a function that cannot be found, an unreadable file or journal, a backend whose extra is not
+installed): one line on standard error, never a traceback for a user's mistake. Ctrl-C (130) and SIGTERM (143) stop
+the run the same way: workers stopped, what finished kept in the journal, a line saying how far it got.
+
+The command line never destroys data: an ``--output`` that is the input file, or the journal (or SQLite's files
+beside it), is refused, compared as files (links, other spellings), before anything is opened for writing.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ import importlib
 import itertools
 import json
 import os
+import signal
 import stat
 import sys
+import threading
 from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -46,6 +52,8 @@ KeyOf = Callable[[int, Any], Key]
 TOP_ERRORS = 5  # error types named in the failure summary
 BACKEND_CHOICES = ("auto", "serial", "thread", "process", "dask", "ray")
 FLAG_OPTIONS = ("workers", "chunksize", "timeout", "retries")  # imap's keywords that are also flags of run
+TRUST_OWNER_HELP = "use a journal that another user owns (its pickles run code when loaded: trust its owner)"
+SIDE_FILES = ("-wal", "-shm", "-journal")  # SQLite's files beside a database
 
 
 class UsageError(Exception):
@@ -64,6 +72,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     results = commands.add_parser("results", help="export a journal's outcomes as JSON lines, in input order")
     results.add_argument("journal", metavar="JOURNAL", help="the journal file of a run (--journal)")
     results.add_argument("--output", metavar="FILE", help="write here, not to standard output")
+    results.add_argument("--trust-owner", action="store_true", help=TRUST_OWNER_HELP)
     results.set_defaults(handler=results_command)
 
 
@@ -96,6 +105,7 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     run.add_argument(
         "--force", action="store_true", help="with --journal: resume from a journal written by another function"
     )
+    run.add_argument("--trust-owner", action="store_true", help=TRUST_OWNER_HELP)
     run.add_argument("--key", metavar="FIELD", help="JSON-object items: the field that names each item")
     run.add_argument("--verbose", "-v", action="store_true", help="print what backend='auto' chose, and why")
     run.set_defaults(handler=run_command)
@@ -111,27 +121,127 @@ def dispatch(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as `cat` does
         _silence_stdout()
         return 1
-    except KeyboardInterrupt:  # the workers are already torn down; whole lines are written
-        print("parcelout: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:  # the workers are already torn down; whole lines are written
+        print(f"parcelout: {stop_reason(stop)}", file=sys.stderr)
+        return stop_status(stop)
     return status
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, systemd, Kubernetes): the run stops as on Ctrl-C, and exits with status 143."""
+
+
+def stop_reason(stop: KeyboardInterrupt) -> str:
+    return "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+
+
+def stop_status(stop: KeyboardInterrupt) -> int:
+    return 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
+
+
+@contextlib.contextmanager
+def sigterm_stops_like_ctrl_c() -> Iterator[None]:
+    """While in this block, SIGTERM raises ``Terminated`` (a ``KeyboardInterrupt``) in the main thread, so the
+    run stops as on Ctrl-C: workers stopped, what was committed in the journal kept. A second SIGTERM while it
+    stops is ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only
+        return
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        if not stopping:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def run_command(args: argparse.Namespace) -> int:
     """``parcelout run``: read the items, run them through ``imap``, write a line each, summarise."""
     _check_run_arguments(args)
+    check_output(args.output, inputs=[args.input] if args.input is not None else [], journal=args.journal)
     fn = find_function(args.function)
     if args.backend in ("dask", "ray"):
+        check_backend_installed(args.backend)
         # The cluster's workers may not have the user's module: send its code with the function.
         cloudpickle.register_pickle_by_value(sys.modules[args.function.partition(":")[0]])
     options = imap_options(args)
-    with contextlib.ExitStack() as files:
-        items = read_input(args, files)
-        outcomes = files.enter_context(contextlib.closing(start(Apply(fn), items, options)))
-        first = list(itertools.islice(outcomes, 1))  # the journal is checked, and workers start, here
-        out = open_output(args.output, files)  # so a journal that cannot be used leaves the output as it was
-        tally = write_outcomes(itertools.chain(first, outcomes), items, key_function(args.key), out)
+    tally = Tally()
+    with sigterm_stops_like_ctrl_c():
+        try:
+            with contextlib.ExitStack() as files:
+                items = read_input(args, files)
+                outcomes = files.enter_context(contextlib.closing(start(Apply(fn), items, options)))
+                first = list(itertools.islice(outcomes, 1))  # the journal is checked, and workers start, here
+                out = open_output(args.output, files)  # so a journal that cannot be used leaves the output as it was
+                write_outcomes(itertools.chain(first, outcomes), items, key_function(args.key), out, tally)
+        except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the workers are stopped, whole lines written
+            print(f"parcelout: {stop_reason(stop)} after {stopped_summary(tally, args.journal)}", file=sys.stderr)
+            return stop_status(stop)
     return summarize(tally)
+
+
+def stopped_summary(tally: Tally, journal: str | None) -> str:
+    failed = sum(tally.failures.values())
+    text = f"{tally.items} {'item' if tally.items == 1 else 'items'} ({failed} failed)"
+    if journal is not None:
+        text += f"; the journal {journal} has what finished: run the same command again to resume"
+    return text
+
+
+def check_backend_installed(backend: str) -> None:
+    """Refuse ``--backend dask`` or ``ray`` without its extra installed, as a usage error."""
+    if backend == "dask":
+        from parcelout.backends._dask import _distributed as need
+    else:
+        from parcelout.backends._ray import _ray as need
+    try:
+        need()
+    except ImportError as error:
+        raise UsageError(str(error)) from None
+
+
+def check_output(output: str | None, *, inputs: list[str], journal: str | None) -> None:
+    """Refuse an ``--output`` that is an input file or the journal (or one of SQLite's files beside it): opening
+    it for writing would empty it. Compared as files (a link, another spelling of the path), before anything is
+    opened for writing."""
+    if output is None:
+        return
+    for path in inputs:
+        if path == "-":
+            if _is_file(sys.stdin.fileno(), output):
+                raise UsageError(f"--output {output} is the file standard input reads: writing it would empty it")
+        elif same_file(output, path):
+            raise UsageError(f"--output {output} is the input file {path}: writing it would empty it first")
+    if journal is not None:
+        for suffix in ("", *SIDE_FILES):
+            if same_file(output, journal + suffix) or same_file(output, os.path.realpath(journal) + suffix):
+                what = "journal" if not suffix else f"journal's {suffix.lstrip('-')} file"
+                raise UsageError(f"--output {output} is the {what} {journal + suffix}: writing it would destroy it")
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether paths ``a`` and ``b`` name the same file: the same device and inode when both exist (links
+    included), else the same path once symbolic links and ``.`` are resolved."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _is_file(fd: int, path: str) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISREG(here.st_mode) and (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def status_command(args: argparse.Namespace) -> int:
@@ -144,11 +254,13 @@ def results_command(args: argparse.Namespace) -> int:
     """``parcelout results``: the journal's outcomes, one line each in input order, as ``run`` writes them.
 
     Items still running or pending (the run is going, or was killed) have no outcome yet: they are counted
-    on standard error, not exported."""
+    on standard error, not exported. The journal is opened (and checked) before the output is."""
+    check_output(args.output, inputs=[], journal=args.journal)
     unsettled = 0
+    outcomes = read_outcomes(args.journal, trust_owner=args.trust_owner)
     with contextlib.ExitStack() as files:
         out = open_output(args.output, files)
-        for stored in read_outcomes(args.journal):
+        for stored in outcomes:
             line = stored_line(stored)
             if line is None:
                 unsettled += 1
@@ -181,6 +293,8 @@ def _check_run_arguments(args: argparse.Namespace) -> None:
         raise UsageError("--address names a cluster: give --backend dask or --backend ray too")
     if args.force and args.journal is None:
         raise UsageError("--force resumes from a journal that does not match: give --journal PATH")
+    if args.trust_owner and args.journal is None:
+        raise UsageError("--trust-owner uses a journal another user owns: give --journal PATH")
 
 
 def count(text: str) -> int:
@@ -375,7 +489,8 @@ def imap_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.address is not None:
         options["address"] = args.address
     if args.journal is not None:
-        options.update(journal=Journal(args.journal, force=args.force), retry_failed=args.retry_failed)
+        journal = Journal(args.journal, force=args.force, trust_owner=args.trust_owner)
+        options.update(journal=journal, retry_failed=args.retry_failed)
         if args.key is not None:
             options["key"] = ItemField(args.key)
     if args.verbose:
@@ -444,9 +559,9 @@ def open_output(path: str | None, files: contextlib.ExitStack) -> TextIO:
         raise UsageError(f"cannot write {path}: {error.strerror}") from None
 
 
-def write_outcomes(outcomes: Iterable[Any], items: Remembered, key_of: KeyOf, out: TextIO) -> Tally:
-    """Write one line per outcome as it comes, flushed, so a killed run leaves whole lines; count the failures."""
-    tally = Tally()
+def write_outcomes(outcomes: Iterable[Any], items: Remembered, key_of: KeyOf, out: TextIO, tally: Tally) -> None:
+    """Write one line per outcome as it comes, flushed, so a killed run leaves whole lines; count them, and the
+    failures, in ``tally``."""
     for index, outcome in enumerate(outcomes):
         key = key_of(index, items.taken.popleft())
         line, failed = outcome_line(index, key, outcome)
@@ -455,7 +570,6 @@ def write_outcomes(outcomes: Iterable[Any], items: Remembered, key_of: KeyOf, ou
         tally.items += 1
         if failed is not None:
             tally.failures[failed] += 1
-    return tally
 
 
 def outcome_line(index: int, key: Key, outcome: Any) -> tuple[str, str | None]:

@@ -16,24 +16,41 @@ A journal belongs to one run at a time (an exclusive ``flock`` on the file,
 which the kernel releases when the process dies, however it dies), and to one
 function: its qualified name and a fingerprint of its code are stored, and a
 journal written by another function, or with another ``key``, is refused
-unless forced.
+unless forced. The fingerprint holds nothing that changes from process to
+process (addresses in reprs, the order of a set), so a resumed run matches.
+
+With ``key=``, a key is one item's: a key that a second item of the run
+gives is refused (``JournalError`` naming both), before the second item is
+given anything, as is a key that is not a str or an int.
+
+A new journal is made whole (schema and run record) in a file beside it, then
+linked into place, so a reader never finds a half-made one. An existing file
+is checked, reading only, before anything in it changes: a foreign SQLite
+file is refused as it is.
 
 Stored results are pickles, so loading a journal runs code: the file is made
-readable by its owner only.
+readable by its owner only, and a journal (or write-ahead log) that another
+user owns is refused unless ``trust_owner``. A stored value that cannot be
+loaded is a ``JournalError`` naming its item.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
 import os
 import pickle
+import re
 import sqlite3
+import tempfile
+import threading
 import time
 import traceback
+import urllib.parse
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
@@ -63,6 +80,7 @@ Durability = Literal["normal", "full"]
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _LOOKUP_CHUNK = 500  # host parameters per query, well under SQLite's limit
 _RECENT_SECONDS = 60.0  # the throughput that ``status`` reports is over this much time
+_LOCK_PATIENCE = 0.5  # seconds a run waits for a journal's lock that a reader may hold for a moment
 
 _SCHEMA = """
 CREATE TABLE run (
@@ -127,13 +145,49 @@ def _feed(digest: Any, obj: object, depth: int) -> None:
         _feed_code(digest, code)
         for cell in getattr(obj, "__closure__", None) or ():
             with contextlib.suppress(ValueError):  # an empty cell
-                digest.update(repr(cell.cell_contents).encode())
+                _feed_value(digest, cell.cell_contents, depth + 1)
     elif hasattr(obj, "func"):  # functools.partial
         _feed(digest, obj.func, depth + 1)
-        digest.update(repr((getattr(obj, "args", ()), getattr(obj, "keywords", {}))).encode())
+        for arg in getattr(obj, "args", ()):
+            _feed_value(digest, arg, depth + 1)
+        for name, arg in sorted((getattr(obj, "keywords", None) or {}).items()):
+            digest.update(name.encode())
+            _feed_value(digest, arg, depth + 1)
     elif callable(obj) and not isinstance(obj, type):
         _feed(digest, type(obj).__call__, depth + 1)
     digest.update(qualified_name(obj).encode())
+
+
+def _feed_value(digest: Any, value: object, depth: int) -> None:
+    """A value a function holds (a closure's cell, a partial's argument): a function by its code, anything else
+    by a repr that is the same from run to run."""
+    if getattr(value, "__code__", None) is not None or isinstance(value, functools.partial):
+        _feed(digest, value, depth)
+    else:
+        digest.update(stable_repr(value).encode())
+    digest.update(b"\x00")
+
+
+_ADDRESS = re.compile(r"\bat 0x[0-9a-fA-F]+")
+
+
+def stable_repr(value: object, depth: int = 0) -> str:
+    """``repr(value)`` without what changes from one run to the next: memory addresses (``<Client object at
+    0x7f...>``), and the order of a set's elements (string hashes are salted per process)."""
+    try:
+        if depth > 8:
+            text = type(value).__qualname__
+        elif isinstance(value, set | frozenset):
+            text = f"{type(value).__name__}({sorted(stable_repr(v, depth + 1) for v in value)})"
+        elif isinstance(value, list | tuple) and type(value) in (list, tuple):
+            text = f"{type(value).__name__}({[stable_repr(v, depth + 1) for v in value]})"
+        elif isinstance(value, dict) and type(value) is dict:
+            text = f"dict({[(stable_repr(k, depth + 1), stable_repr(v, depth + 1)) for k, v in value.items()]})"
+        else:
+            text = repr(value)
+    except Exception:  # a repr that fails: the type is what is stable
+        text = type(value).__qualname__
+    return _ADDRESS.sub("at 0x", text)
 
 
 def _feed_code(digest: Any, code: Any) -> None:
@@ -183,11 +237,15 @@ class Journal:
             survives a power loss, at a cost per batch).
         force: use a journal written by another function, or another
             ``key``, as if it were this run's (its done items count as done).
+        trust_owner: use a journal that another user owns (or whose
+            write-ahead log another user owns). Without it such a journal is
+            refused: it holds pickles, and loading a pickle runs code.
     """
 
     path: str | os.PathLike[str]
     durability: Durability = "normal"
     force: bool = False
+    trust_owner: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.path, str | os.PathLike):
@@ -225,29 +283,22 @@ class JournalFile:
     def __init__(self, spec: Journal, fn: Callable[..., Any], key: Callable[[Any], Any] | None) -> None:
         self.path = os.fspath(spec.path)
         self._lock_fd: int | None = None
-        existed = os.path.exists(self.path)
-        if existed:
-            _check_file(self.path)
-        else:
-            with contextlib.suppress(FileExistsError):  # another run just made it: the lock decides
-                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        function, fp, options = qualified_name(fn), fingerprint(fn), json.dumps({"key": _describe_key(key)})
+        _check_path(self.path)
+        if not os.path.lexists(self.path):
+            _create(self.path, function, fp, options)
+        # Read-only, before anything is changed: whose it is, and that it is an intact journal.
+        if not spec.trust_owner:
+            _check_owner(self.path)
+        _check_file(self.path)
         self._lock()
         try:
             self.db = _connect(self.path)
             self.db.execute(f"PRAGMA synchronous={'FULL' if spec.durability == 'full' else 'NORMAL'}")
-            function, options = qualified_name(fn), json.dumps({"key": _describe_key(key)})
-            if self._has_schema():
-                self._check(self.db, function, fingerprint(fn), options, spec.force)
-            else:
-                if existed and os.path.getsize(self.path) > 0:
-                    raise JournalError(f"{self.path} is a SQLite database but not a parcelout journal")
-                with self.db:
-                    self.db.executescript(_SCHEMA)
-                    self.db.execute(
-                        "INSERT INTO run (id, version, function, fingerprint, options, created) "
-                        "VALUES (1, ?, ?, ?, ?, ?)",
-                        (SCHEMA_VERSION, function, fingerprint(fn), options, time.time()),
-                    )
+            self._check(self.db, function, fp, options, spec.force)
+            # The keys of this run's items, to refuse a key given to two of them (in a temporary file, not in memory:
+            # a run may be long).
+            self.db.execute("CREATE TEMP TABLE seen (key TEXT PRIMARY KEY, idx INTEGER NOT NULL)")
             with self.db:
                 self.db.execute("UPDATE run SET resumed = ?, pid = ?", (time.time(), os.getpid()))
         except sqlite3.DatabaseError as exc:
@@ -260,20 +311,31 @@ class JournalFile:
     def _lock(self) -> None:
         if fcntl is None:  # pragma: no cover
             return
-        fd = os.open(self.path, os.O_RDONLY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise JournalError(
-                f"the journal {self.path} is in use by another run{_holder(self.path)}; "
-                "wait for it to end, or use another journal"
-            ) from None
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as exc:
+            raise JournalError(f"the journal {self.path} cannot be opened: {exc.strerror}") from None
+        # A reader (``parcelout status``) holds a shared lock for a moment to see whether a run is live; a run
+        # holds its lock for its life. So a lock still held after a short while is a run's.
+        deadline = time.monotonic() + _LOCK_PATIENCE
+        pause = threading.Event()
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    pause.wait(0.005)  # a bounded wait for a reader's probe to end
+                    continue
+                os.close(fd)
+                raise JournalError(
+                    f"the journal {self.path} is in use by another run{_holder(self.path)}; "
+                    "wait for it to end, or use another journal"
+                ) from None
+            except BaseException:
+                os.close(fd)
+                raise
         self._lock_fd = fd
-
-    def _has_schema(self) -> bool:
-        names = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        return {"run", "items"} <= names
 
     def _check(self, db: sqlite3.Connection, function: str, fp: str, options: str, force: bool) -> None:
         row = db.execute("SELECT version, function, fingerprint, options FROM run").fetchone()
@@ -325,6 +387,18 @@ class JournalFile:
             marks = ",".join("?" * len(part))
             found.update(self.db.execute(f"SELECT idx, key FROM items WHERE idx IN ({marks})", part).fetchall())
         return found
+
+    def claim(self, rows: list[tuple[str, int]]) -> None:
+        """Note that these (key, index) are items of this run; refuse a key that another item of the run has: it
+        would be given that item's result."""
+        try:
+            self.db.executemany("INSERT INTO temp.seen (key, idx) VALUES (?, ?)", rows)
+        except sqlite3.IntegrityError:  # a key seen before: which one (the rows before it went in)
+            for key, index in rows:
+                first = self.db.execute("SELECT idx FROM temp.seen WHERE key = ?", (key,)).fetchone()
+                if first is not None and first[0] != index:
+                    raise _repeated_key(key, first[0], index) from None
+            raise
 
     def mark_running(self, rows: list[tuple[str, int]]) -> None:
         now = time.time()
@@ -380,7 +454,7 @@ class JournalFile:
 
 def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
-        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10, check_same_thread=False)
+        return sqlite3.connect(_read_only_uri(path), uri=True, timeout=10, check_same_thread=False)
     db = sqlite3.connect(path, timeout=10, isolation_level="DEFERRED", check_same_thread=False)
     try:
         db.execute("PRAGMA journal_mode=WAL")
@@ -390,21 +464,96 @@ def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     return db
 
 
+def _read_only_uri(path: str) -> str:
+    """A URI that opens ``path`` read-only (quoted: a ``?`` or ``#`` in a file name is the name's)."""
+    return f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
+
+
+def _check_path(path: str) -> None:
+    """Refuse, clearly, a path that cannot be a journal file: a directory, a dangling link, a missing directory."""
+    if os.path.isdir(path):
+        raise JournalError(f"the journal {path} is a directory, not a journal file")
+    if os.path.islink(path) and not os.path.exists(path):
+        raise JournalError(
+            f"the journal {path} is a symbolic link to {os.readlink(path)}, which does not exist; nothing was run"
+        )
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise JournalError(f"cannot create the journal {path}: there is no directory {os.path.dirname(path)}")
+
+
+def _create(path: str, function: str, fp: str, options: str) -> None:
+    """Make a new journal at ``path``, complete before it appears there: its schema and run record are written in
+    a file beside it, which is then linked into place (never over a journal another run made meanwhile), so a
+    reader (``parcelout status``) finds no journal or a whole one, never a half-made one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".new", dir=directory)  # 0o600
+    except OSError as exc:
+        raise JournalError(f"cannot create the journal {path}: {exc.strerror}") from None
+    os.close(fd)
+    try:
+        db = sqlite3.connect(temp, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(f"BEGIN; {_SCHEMA} COMMIT;")
+            db.execute(
+                "INSERT INTO run (id, version, function, fingerprint, options, created) VALUES (1, ?, ?, ?, ?, ?)",
+                (SCHEMA_VERSION, function, fp, options, time.time()),
+            )
+        finally:
+            db.close()  # the last connection: the log is folded into the file and removed
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            pass  # another run made it first: the lock and the checks decide
+        except OSError:  # a file system without hard links: rename, unless one appeared meanwhile
+            if not os.path.lexists(path):
+                os.replace(temp, path)
+    except (OSError, sqlite3.Error) as exc:
+        raise JournalError(f"cannot create the journal {path}: {exc}") from None
+    finally:
+        for name in (temp, temp + "-wal", temp + "-shm", temp + "-journal"):
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+
+
+def _check_owner(path: str) -> None:
+    """Refuse a journal (or a log SQLite would replay into it) that another user owns: its pickles would run that
+    user's code. Root's files, like one's own, are trusted."""
+    if not hasattr(os, "geteuid"):  # pragma: no cover - not POSIX
+        return
+    me = os.geteuid()
+    for name in (path, path + "-wal", path + "-journal"):
+        try:
+            owner = os.stat(name).st_uid
+        except OSError:
+            continue
+        if owner not in (me, 0):
+            raise JournalError(
+                f"the journal {name} belongs to another user (uid {owner}); it holds pickled results, and loading a "
+                "pickle runs code, so it was not opened. If you trust that user, pass "
+                f"journal=parcelout.Journal({path!r}, trust_owner=True) (parcelout run and results: --trust-owner), "
+                "or use a copy of your own"
+            )
+
+
 def _check_file(path: str) -> None:
-    """Refuse a file that is not an intact SQLite database: never start afresh
-    over a journal that was damaged."""
+    """Refuse, reading only, a file that is not an intact parcelout journal: never start afresh over a journal
+    that was damaged, and change nothing in another program's database (not even its journal mode)."""
     try:
         with open(path, "rb") as f:
             head = f.read(len(_SQLITE_MAGIC))
     except OSError as exc:
-        raise JournalError(f"the journal {path} cannot be read: {exc}") from exc
+        raise JournalError(f"the journal {path} cannot be read: {exc.strerror}") from None
     if head != _SQLITE_MAGIC:
         what = "empty" if not head else "not a SQLite database"
         raise JournalError(f"the journal {path} is damaged or not a journal ({what}); nothing was run")
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        db = sqlite3.connect(_read_only_uri(path), uri=True, timeout=10)
         try:
             verdict = db.execute("PRAGMA quick_check").fetchone()
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         finally:
             db.close()
     except sqlite3.DatabaseError as exc:
@@ -412,6 +561,15 @@ def _check_file(path: str) -> None:
     if verdict is None or verdict[0] != "ok":
         why = verdict[0] if verdict else "no verdict"
         raise JournalError(f"the journal {path} is damaged ({why}); nothing was run")
+    if not {"run", "items"} <= tables:
+        raise JournalError(f"{path} is a SQLite database but not a parcelout journal; nothing was run")
+
+
+def _repeated_key(key: str, first: int, then: int) -> JournalError:
+    return JournalError(
+        f"items {first} and {then} have the same key {key}: the journal would give item {then} the result of item "
+        f"{first}. key= must give each item a key of its own"
+    )
 
 
 def _holder(path: str) -> str:
@@ -460,6 +618,9 @@ class JournalLane:
     def cancel(self) -> None:
         self._inner.cancel()
 
+    def wake(self) -> None:
+        self._inner.wake()
+
     def close(self) -> None:
         self._journal.close()
 
@@ -469,19 +630,23 @@ class JournalLane:
         for index, item in items:
             try:
                 keys.append(self._key_of(index, item))
+            except JournalError:
+                raise
             except Exception as exc:
                 exc.add_note(f"parcelout: item {index} ({describe_item(item)}) has no journal key")
                 keys.append(None)
                 fates.append((None, exc, 1))
             else:
                 fates.append(None)
+        if self._key is not None:  # a default key holds the item's index: no two can be the same
+            self._journal.claim([(key, index) for (index, _), key in zip(items, keys, strict=True) if key is not None])
         stored = self._journal.lookup([k for k in keys if k is not None])
         if self._key is None:
             self._check_unchanged(items, keys, stored)
         for pos, key in enumerate(keys):
             row = stored.get(key) if key is not None else None
             if row is not None and self._settled(row):
-                fates[pos] = _fate(row)
+                fates[pos] = self._fate(row, key)
         # Contiguous runs of the same fate: the collector wants each batch to
         # cover consecutive positions.
         start = 0
@@ -507,8 +672,20 @@ class JournalLane:
             return default_key(index, item)
         key = self._key(item)
         if isinstance(key, bool) or not isinstance(key, str | int):
-            raise TypeError(f"key must return a str or an int, not {type(key).__name__}")
+            raise JournalError(
+                f"the key of item {index} ({describe_item(item)}) is {describe_item(key)}, a {type(key).__name__}: "
+                "key= must give each item a str or an int of its own"
+            )
         return json.dumps(key)
+
+    def _fate(self, row: Stored, key: str | None) -> _Fate:
+        try:
+            return _fate(row)
+        except Exception as exc:
+            raise JournalError(
+                f"the journal {self._journal.path} is damaged: the recorded result of item {row.index} (key {key}) "
+                f"cannot be loaded ({type(exc).__name__}: {exc}). Use another journal"
+            ) from exc
 
     def _settled(self, row: Stored | None) -> bool:
         if row is None:
@@ -716,8 +893,12 @@ def _duration(seconds: float) -> str:
 
 def _open_for_reading(path: str | os.PathLike[str]) -> sqlite3.Connection:
     path = os.fspath(path)
+    if os.path.islink(path) and not os.path.exists(path):
+        raise JournalError(f"no journal at {path}: it is a symbolic link to {os.readlink(path)}, which does not exist")
     if not os.path.exists(path):
         raise JournalError(f"no journal at {path}")
+    if os.path.isdir(path):
+        raise JournalError(f"the journal {path} is a directory, not a journal file")
     _check_header(path)
     try:
         db = _connect(path, readonly=True)
@@ -732,8 +913,11 @@ def _open_for_reading(path: str | os.PathLike[str]) -> sqlite3.Connection:
 
 
 def _check_header(path: str) -> None:
-    with open(path, "rb") as f:
-        head = f.read(len(_SQLITE_MAGIC))
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except OSError as exc:
+        raise JournalError(f"the journal {path} cannot be read: {exc.strerror}") from None
     if head != _SQLITE_MAGIC:
         raise JournalError(f"the journal {path} is damaged or not a journal ({'empty' if not head else 'not SQLite'})")
 
@@ -800,9 +984,17 @@ def _in_use(path: str) -> bool:
     return False
 
 
-def read_outcomes(path: str | os.PathLike[str]) -> Iterator[StoredOutcome]:
+def read_outcomes(path: str | os.PathLike[str], *, trust_owner: bool = False) -> Iterator[StoredOutcome]:
     """Every item the journal has, in input order (results loaded: only open
-    journals you trust)."""
+    journals you trust). The journal is opened, and refused if it cannot be
+    read or another user owns it (unless ``trust_owner``), at the call."""
+    if not trust_owner:
+        _check_owner(os.fspath(path))
+    _open_for_reading(path).close()  # refused now, not at the first item
+    return _outcomes(os.fspath(path))
+
+
+def _outcomes(path: str) -> Iterator[StoredOutcome]:
     db = _open_for_reading(path)
     try:
         rows = db.execute(
@@ -812,10 +1004,16 @@ def read_outcomes(path: str | os.PathLike[str]) -> Iterator[StoredOutcome]:
         for index, key, status, attempts, result, result_json, etype, message, kind in rows:
             value = None
             if status == "done":
-                value = json.loads(result_json) if result_json is not None else pickle.loads(result or b"N.")
+                try:
+                    value = json.loads(result_json) if result_json is not None else pickle.loads(result or b"N.")
+                except Exception as exc:
+                    raise JournalError(
+                        f"the journal {path} is damaged: the recorded result of item {index} (key {key}) cannot be "
+                        f"loaded ({type(exc).__name__}: {exc})"
+                    ) from exc
             yield StoredOutcome(index, _public_key(key), status, value, etype, message, kind, attempts)
     except sqlite3.DatabaseError as exc:
-        raise JournalError(f"the journal {os.fspath(path)} is damaged ({exc})") from exc
+        raise JournalError(f"the journal {path} is damaged ({exc})") from exc
     finally:
         db.close()
 

@@ -320,7 +320,7 @@ class Scheduler:
                 suspect = dataclasses.replace(_one(running, pos, self._new_id()), crashes=running.crashes + 1)
                 if suspect.crashes >= suspect.policy.max_crashes:
                     error = WorkerCrashed(message.format(suspect.items[0][0]), event.exitcode)
-                    out.append(Deliver(BatchResult(suspect, [None], {0: error})))
+                    out.append(Deliver(BatchResult(suspect, [None], {0: error}, attempts={0: _runs(suspect)})))
                 else:
                     suspects.append(suspect)
             self._pending.extendleft(reversed(suspects))
@@ -347,7 +347,8 @@ class Scheduler:
         if policy.retries_after(culprit_batch.attempt, error) and crashes < policy.max_crashes:
             self._retry(dataclasses.replace(culprit_batch, crashes=crashes), worker.id)
         else:
-            out.append(Deliver(BatchResult(dataclasses.replace(culprit_batch, crashes=crashes), [None], {0: error})))
+            failed = dataclasses.replace(culprit_batch, crashes=crashes)
+            out.append(Deliver(BatchResult(failed, [None], {0: error}, attempts={0: _runs(failed)})))
 
     def _retry(self, batch: Batch, worker_id: int) -> None:
         """Queue ``batch`` (one failed item) to run again, after its back-off,
@@ -463,6 +464,13 @@ class Scheduler:
             if not worker.inflight and not worker.retiring:
                 worker.retiring = True
                 out.append(StopWorker(worker.id))
+
+
+def _runs(batch: Batch) -> int:
+    """How many times a failed item was sent to a worker: its attempts, or
+    more when more workers died holding it (a suspect sent again after a
+    death outside any item's run is not a new attempt of its retry policy)."""
+    return max(batch.attempt, batch.crashes)
 
 
 def _one(batch: Batch, pos: int, new_id: int) -> Batch:
