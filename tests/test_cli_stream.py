@@ -33,7 +33,12 @@ def test_each_result_comes_out_while_the_input_waits_for_its_next_line(backend: 
         assert run.stdin is not None and run.stdout is not None
         lines: queue.SimpleQueue[str] = queue.SimpleQueue()
         stdout = run.stdout
-        reader = threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True)
+
+        def read() -> None:
+            for line in stdout:
+                lines.put(line)
+
+        reader = threading.Thread(target=read, daemon=True)
         reader.start()
         late = []
         try:
