@@ -24,6 +24,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -119,6 +120,7 @@ class Pool(Executor):
         client: Any = None,
         address: str | None = None,
     ) -> None:
+        _refuse_in_a_starting_worker()
         if workers is not None and max_workers is not None:
             raise TypeError("give workers or max_workers, not both")
         if max_tasks_per_worker is not None and max_tasks_per_child is not None:
@@ -443,6 +445,24 @@ class _Callbacks:
                 fn, future = self._due.popleft()
             _call_back(fn, future)
             del fn, future
+
+
+NO_MAIN_GUARD = (
+    "parcelout: a worker process, importing the main script again as it starts, was asked to start a pool: "
+    'put the script\'s work under `if __name__ == "__main__":` (process workers import the main module again, '
+    "as multiprocessing's do)"
+)
+
+
+def _refuse_in_a_starting_worker() -> None:
+    """A script without the ``__main__`` guard runs its work again in every
+    process worker, as the worker imports it (spawn, forkserver): end that
+    worker with one line that names the guard, not a page of tracebacks."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # Written here: a fork server's child ends on SystemExit without a word.
+        sys.stderr.write(NO_MAIN_GUARD + "\n")
+        sys.stderr.flush()
+        raise SystemExit(1)
 
 
 def check_callable(fn: object) -> None:

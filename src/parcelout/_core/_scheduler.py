@@ -276,9 +276,10 @@ class Scheduler:
                 )
                 self._break(
                     f"{max(self._start_failures, self._start_kills)} worker processes in a row died during "
-                    f"start-up, the last with "
-                    f"{describe_exit(event.exitcode)}; see their standard error (a main module that cannot be "
-                    "imported again in a worker, such as a script read from standard input, is a common cause)",
+                    f"start-up, the last with {describe_exit(event.exitcode)}; "
+                    + (event.detail or "see their standard error")
+                    + " (a main module that cannot be imported again in a worker, or a script without the "
+                    '`if __name__ == "__main__":` guard, is a common cause)',
                     cause,
                     worker,
                     out,
