@@ -245,8 +245,6 @@ SUBMIT_AT_EXIT = """
 import atexit
 import parcelout
 
-pool = parcelout.Pool(2, {backend!r})
-
 @atexit.register
 def submit_late():
     try:
@@ -255,6 +253,7 @@ def submit_late():
         print("refused:", error, flush=True)
 
 if __name__ == "__main__":
+    pool = parcelout.Pool(2, {backend!r})
     print("first:", pool.submit(abs, -1).result(), flush=True)
 """
 
