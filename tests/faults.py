@@ -179,3 +179,114 @@ class Counting:
             value = self.taken
             self.taken += 1
             yield value
+
+
+# ---------------------------------------------------------------- process-level faults
+# (Their imports are local: the lines above are not this section's to change.)
+
+
+SLEEPERS: list[object] = []  # the grandchildren's Popen objects, kept so that none is collected while it runs
+
+
+def start_sleeper(directory: str, x: int) -> None:
+    """Start a grandchild (``sleep 60``) and write ``"<this pid> <its pid>"``
+    to ``directory/pids-<x>`` (whole, by a rename)."""
+    import subprocess
+    from pathlib import Path
+
+    sleeper = subprocess.Popen(["sleep", "60"])
+    SLEEPERS.append(sleeper)
+    path = Path(directory) / f"pids-{x}"
+    path.with_suffix(".tmp").write_text(f"{os.getpid()} {sleeper.pid}")
+    path.with_suffix(".tmp").rename(path)
+
+
+def sleeper_then(directory: str, how: str, x: int) -> int:
+    """Start a grandchild (see ``start_sleeper``), then return ``2 * x``
+    (``"return"``), exit (``"exit"``), or block for at most 30 s, waiting on
+    an event (``"block"``) or in C code that holds the GIL (``"hold-the-gil"``)."""
+    start_sleeper(directory, x)
+    if how == "exit":
+        os._exit(7)
+    if how == "block":
+        threading.Event().wait(30)
+    if how == "hold-the-gil":  # no other thread of this process runs meanwhile
+        import ctypes
+
+        ctypes.PyDLL(None).sleep(30)
+    return 2 * x
+
+
+def group_and_signals(x: int) -> tuple[bool, list[str]]:
+    """Whether this process leads its own process group, and the signals of
+    the terminal it ignores (of SIGINT, SIGTTOU, SIGTTIN)."""
+    import signal
+
+    ignored = [s.name for s in (signal.SIGINT, signal.SIGTTOU, signal.SIGTTIN) if signal.getsignal(s) == signal.SIG_IGN]
+    return os.getpgrp() == os.getpid(), ignored
+
+
+def say_on_stderr(x: int) -> int:
+    import sys
+
+    sys.stderr.write(f"item {x} says hello on stderr\n")
+    sys.stderr.flush()
+    return 2 * x
+
+
+class ExitsWhenPickled:
+    """A value whose ``__reduce__`` exits (raises ``SystemExit(1)``, as ``sys.exit(1)``)."""
+
+    def __reduce__(self) -> NoReturn:
+        raise SystemExit(1)
+
+
+class ExitingError(Exception):
+    """An exception whose ``__reduce__`` exits (raises ``SystemExit(1)``)."""
+
+    def __reduce__(self) -> NoReturn:
+        raise SystemExit(1)
+
+
+def result_exits_when_pickled_on(culprit: int, x: int) -> object:
+    return ExitsWhenPickled() if x == culprit else 2 * x
+
+
+def raise_exiting_error_on(culprit: int, x: int) -> int:
+    if x == culprit:
+        raise ExitingError(f"exiting error on {x}")
+    return 2 * x
+
+
+def _exit(code: int) -> NoReturn:
+    raise SystemExit(code)
+
+
+class ExitsWhenUnpickled:
+    """A function (doubles) that raises ``SystemExit(3)`` when it is unpickled."""
+
+    def __call__(self, x: int) -> int:
+        return 2 * x
+
+    def __reduce__(self) -> tuple[Callable[[int], NoReturn], tuple[int]]:
+        return (_exit, (3,))
+
+
+def limit_address_space(headroom: int) -> None:
+    """An initializer: this process may map only ``headroom`` bytes more."""
+    import resource
+
+    with open("/proc/self/statm") as statm:
+        in_use = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    resource.setrlimit(resource.RLIMIT_AS, (in_use + headroom, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+
+def break_worker_receiving() -> None:
+    """An initializer: the worker's receiving thread fails on its next message
+    (reading its out-of-band buffers raises ``RuntimeError``)."""
+    from parcelout.backends import _child
+
+    def receive_buffers(*args: object) -> NoReturn:
+        raise RuntimeError("injected: receiving is broken")
+
+    vars(_child)["receive_buffers"] = receive_buffers

@@ -3,7 +3,8 @@
 The parent sends each batch as two messages over a duplex pipe: a pickled
 header ``(batch_id, token, fn_bytes, star, n, report_starts)`` and the pickled list of the
 ``n`` items, so that items that fail to unpickle fail alone, not the worker.
-The function comes once per worker (cached by token). A receiver thread
+The function comes once per worker (cached by token, in a bounded cache
+that the parent mirrors to know what to send again). A receiver thread
 moves messages off the pipe at once, so the parent's send never waits for
 the current item to finish, and it ends the process when the parent is gone
 (end of file on the pipe). The worker marks
@@ -18,6 +19,16 @@ its own standard error), so a crash report can quote its last lines;
 samples the process's peak memory into the slot every ``MEMORY_PERIOD``
 seconds, for the report of a death by out-of-memory kill.
 
+The worker leads its own process group, so that what its items start (a
+``subprocess``) dies with it: the parent kills the whole group, the kernel
+kills the worker when its parent dies (``PR_SET_PDEATHSIG``, which needs no
+GIL), and a tiny "group reaper" process kills the group once the worker is
+gone, however it went (a SIGKILL leaves it no chance to). A failure of the
+receiver thread ends the process, with a line on standard error, so the
+parent sees a death rather than a worker that never answers; an exception
+from running or encoding a batch (``SystemExit`` included) becomes its
+items' error.
+
 Replies: ``("ready",)`` once started (after the initializer), then one
 ``("done", ...)`` per batch (see ``_reply``); or ``("init_failed", failure)``.
 Items, results and exceptions are encoded by ``_wire``, so a value that
@@ -26,17 +37,20 @@ cannot cross fails only its own item.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import faulthandler
 import os
 import pickle
 import queue
 import resource
 import signal
+import sys
 import threading
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NoReturn
 
 import cloudpickle
 
@@ -44,15 +58,25 @@ from parcelout.backends import _wire as wire
 from parcelout.backends._base import Slot, run_batch
 
 STOP = b"stop"
-_FN_CACHE_SIZE = 64
+# The functions a worker keeps; the parent, knowing which it sent, forgets them alike.
+FN_CACHE_SIZE = 64
 MEMORY_PERIOD = 0.1
 # The slot: [batch_id, position, peak resident KiB, peak virtual KiB, RLIMIT_AS KiB or -1]
 SLOT_SIZE = 5
+# The exit status of a worker that ended itself because it could not go on.
+BROKEN_EXIT = 70
+_PR_SET_PDEATHSIG = 1
+# The group reaper, as a shell's background job: its pipe comes as fd 0, the
+# group as $1.
+_SHELL = "/bin/sh"
+_REAPER = 'exec 3<&0 </dev/null >/dev/null 2>&1; (read _ <&3; kill -s KILL -- -"$1") &'
 
 
 def main(conn: Connection, slot: Slot, init: bytes | None, stderr: Connection | None = None) -> None:
     """Entry point of a worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent's pool handles Ctrl-C
+    _let_go_of_the_fork_server()  # before the group reaper starts: it would inherit the pipe
+    _lead_a_process_group()  # before any thread: the reaper may be forked
     if stderr is not None:
         os.dup2(stderr.fileno(), 2)
         stderr.close()
@@ -71,7 +95,107 @@ def main(conn: Connection, slot: Slot, init: bytes | None, stderr: Connection | 
     _send(conn, ("ready",))
     fns: dict[int, Callable[..., Any] | BaseException] = {}
     while (message := inbox.get()) is not None:
-        _send(conn, *_run(message, fns, slot, conn))
+        _send(conn, *_run_or_fail(message, fns, slot, conn))
+
+
+def _lead_a_process_group() -> None:
+    """Make this worker, and what its items start, one process group that
+    dies with the worker, and the worker die with its parent."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # no C library to call, or no prctl in it
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    if os.getpgrp() != os.getpid():
+        return  # not our own group: killing it would kill others
+    # A group of its own is a background group of the terminal, which stops a
+    # process that reads from it, or writes to it under `stty tostop`: ignoring
+    # these signals lets the write go on, as before, and the read fail.
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    signal.signal(signal.SIGTTIN, signal.SIG_IGN)
+    _start_group_reaper(os.getpid())
+
+
+def _let_go_of_the_fork_server() -> None:
+    """Close this worker's copy of the pipe that keeps the fork server alive.
+
+    multiprocessing gives it to every process the fork server starts (and a
+    forked worker inherits it), so the fork server would outlive a parent
+    killed by SIGKILL for as long as its workers live, and the workers, that
+    die with their parent process (the fork server), would never die. A
+    fork server this worker needs for pools of its own starts afresh.
+    """
+    try:
+        from multiprocessing import forkserver
+    except ImportError:  # no fork server here
+        return
+    server = getattr(forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if server is None or fd is None:
+        return
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    server._forkserver_alive_fd = server._forkserver_pid = server._forkserver_address = None
+
+
+def _start_group_reaper(group: int) -> None:
+    """Start a process that kills ``group`` once this worker is gone.
+
+    It holds only the read end of a pipe whose write end only this worker
+    holds (it closes on ``exec``), so its end of file comes when the worker
+    ends, however it ends; then it kills the group, itself included. It is a
+    shell's background job: nobody's child here (an item that waits for any
+    child, or counts them, does not find it), sharing no memory with the
+    worker (which would make the worker's pages copy-on-write). The shell is
+    started with ``posix_spawn``, which copies no memory either: about 0.3 ms
+    of the worker's start, where forking costs a few. Without a shell (a
+    distroless image) the reaper is forked, twice.
+    """
+    read, held = os.pipe()  # the write end: kept open, unused, for the worker's life
+    try:
+        shell = os.posix_spawn(
+            _SHELL, ["sh", "-c", _REAPER, "sh", str(group)], {}, file_actions=[(os.POSIX_SPAWN_DUP2, read, 0)]
+        )
+    except (OSError, AttributeError):  # no shell, or no posix_spawn
+        _fork_group_reaper(read, held, group)
+        return
+    os.close(read)
+    threading.Thread(target=_wait_for, args=(shell,), daemon=True).start()  # it exits at once
+
+
+def _wait_for(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):  # an item's os.wait() took it
+        os.waitpid(pid, 0)
+
+
+def _fork_group_reaper(read: int, held: int, group: int) -> None:
+    """The group reaper, forked twice (so that it is nobody's child here)."""
+    try:
+        pid = os.fork()
+    except OSError:  # no room for it: the worker runs without
+        os.close(read)
+        os.close(held)
+        return
+    if pid == 0:  # the go-between
+        try:
+            if os.fork() == 0:
+                _reap_group(read, group)
+        finally:
+            os._exit(0)
+    os.close(read)
+    os.waitpid(pid, 0)
+
+
+def _reap_group(read: int, group: int) -> NoReturn:
+    """The forked group reaper: os-level calls only, no other file."""
+    try:
+        os.closerange(0, read)  # no copy of the worker's pipes may outlive it
+        os.closerange(read + 1, os.sysconf("SC_OPEN_MAX"))
+        while os.read(read, 1):
+            pass
+        os.killpg(group, signal.SIGKILL)
+    finally:
+        os._exit(0)
 
 
 class _StartReporter:
@@ -116,6 +240,20 @@ def _receive(conn: Connection, inbox: queue.SimpleQueue[tuple[tuple[Any, ...], b
         inbox.put(None)
     except (EOFError, OSError):
         os._exit(0)  # the parent is gone: nobody is left to take results
+    except BaseException as exc:  # a MemoryError, a bug: without this thread the worker would never answer
+        _die("could not receive a batch", exc)
+
+
+def _die(what: str, exc: BaseException) -> NoReturn:
+    """End the worker at once, saying why on its standard error (which the
+    parent quotes in the crash report)."""
+    try:
+        line = f"parcelout worker: {what}: {type(exc).__name__}: {exc}\n".encode(errors="replace")
+    except BaseException:  # out of memory even for the message
+        line = b"parcelout worker: " + what.encode() + b"\n"
+    with contextlib.suppress(OSError):
+        os.write(2, line)
+    os._exit(BROKEN_EXIT)
 
 
 def receive_buffers(conn: Connection, sizes: list[int]) -> list[bytearray]:
@@ -136,6 +274,22 @@ def receive_message(conn: Connection) -> tuple[tuple[Any, ...], list[bytearray]]
     return reply, receive_buffers(conn, reply[-1]) if reply[0] == "done" else []
 
 
+def _run_or_fail(
+    message: tuple[tuple[Any, ...], bytes, list[bytearray]],
+    fns: dict[int, Callable[..., Any] | BaseException],
+    slot: Slot,
+    conn: Connection,
+) -> tuple[tuple[Any, ...], list[memoryview]]:
+    """``_run``, or, if running or encoding the batch raises anything, the
+    batch's items failed with that: the worker goes on."""
+    batch_id, n = message[0][0], message[0][4]
+    try:
+        return _run(message, fns, slot, conn)
+    except BaseException as exc:
+        slot[1] = -1
+        return _reply(batch_id, [None] * n, dict.fromkeys(range(n), exc), 0.0)
+
+
 def _run(
     message: tuple[tuple[Any, ...], bytes, list[bytearray]],
     fns: dict[int, Callable[..., Any] | BaseException],
@@ -149,7 +303,7 @@ def _run(
     if report_starts:
         slot = _StartReporter(slot, conn, batch_id)
     if fn_bytes is not None:
-        if len(fns) >= _FN_CACHE_SIZE:
+        if len(fns) >= FN_CACHE_SIZE:
             fns.clear()
         fns[token] = _load_function(fn_bytes)
     fn = fns[token]
@@ -193,7 +347,7 @@ def _reply(
 def _load_function(fn_bytes: bytes) -> Callable[..., Any] | BaseException:
     try:
         fn: Callable[..., Any] = pickle.loads(fn_bytes)
-    except Exception as exc:
+    except BaseException as exc:  # kept for the token's later batches, even a SystemExit
         exc.add_note("parcelout: the function could not be unpickled in the worker process")
         return exc
     return fn
@@ -209,7 +363,7 @@ def transportable(exc: BaseException) -> tuple[BaseException, str]:
     tb = "".join(traceback.format_exception(exc))
     try:
         pickle.loads(cloudpickle.dumps(exc))
-    except Exception as why:
+    except BaseException as why:  # a __reduce__ may even exit
         from parcelout.errors import RemoteError
 
         name = f"{type(exc).__module__}.{type(exc).__qualname__}"

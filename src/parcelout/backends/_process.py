@@ -17,6 +17,14 @@ worker's peak memory, whether it was likely out of memory) in the
 ``WorkerExited`` it reports. A worker stopped with a grace period gets
 SIGTERM, then SIGKILL from the reader once the grace is over.
 
+Each worker leads its own process group (see ``_child``): every kill, and
+every reaping, kills the whole group, so what an item started does not
+outlive its worker. The reader thread must not die: an exception while
+handling one worker kills that worker (its sentinel then reports it, as any
+death); one outside any worker's handling kills every worker, reports them
+gone, and fails every later start, so that nothing waits on a reader that is
+gone.
+
 Functions and items travel with cloudpickle where plain pickle cannot carry
 them. An item, function or result that cannot be pickled fails its own item,
 with a note that names it; the worker and the other items go on.
@@ -25,6 +33,7 @@ with a note that names it; the worker and the other items go on.
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import multiprocessing.context
 import os
@@ -48,6 +57,8 @@ from parcelout.backends import _wire as wire
 Context = multiprocessing.context.BaseContext
 _PRELOAD = ["__main__", "parcelout.backends._child"]
 STDERR_LINES = 20
+_GIVE_UP_JOIN = 10.0  # seconds to wait for a killed worker when the reader gives up
+_log = logging.getLogger("parcelout")
 
 
 def default_context(start_method: str | None = None) -> Context:
@@ -79,6 +90,24 @@ class _Worker:
     fatal: list[bytes] | None = None  # from faulthandler's "Fatal Python error" line on
     stderr_partial: bytes = b""
     kill_at: float | None = None
+    failure: str | None = None  # why the reader killed it: an exception handling it
+    reaped: bool = False  # joined: its pid may be another process's now
+
+
+def _kill(proc: _Worker) -> None:
+    """SIGKILL a worker and its process group (what its items started),
+    unless it is reaped already."""
+    with _exit_status_lock:
+        if not proc.reaped:
+            _kill_group(proc.process)
+
+
+def _kill_group(process: Any) -> None:
+    """SIGKILL a process and the group it leads. (Before it has made its
+    group there is none, and no grandchild either.)"""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.kill()
 
 
 class ProcessBackend:
@@ -96,12 +125,18 @@ class ProcessBackend:
         self._workers: dict[int, _Worker] = {}
         self._lock = threading.Lock()
         self._closing = False
+        self._broken: BaseException | None = None  # the reader thread's failure
         self._wake_r, self._wake_w = os.pipe()
         self._reader = threading.Thread(target=self._read_loop, name="parcelout-reader", daemon=True)
         self._reader.start()
 
     # ------------------------------------------------------------ transport
     def start_worker(self, worker: int) -> None:
+        if self._broken is not None:
+            error = RuntimeError(f"the process pool's reader thread failed ({self._broken!r}): no worker can start")
+            self._report(InitFailed(worker, error))
+            self._report(WorkerExited(worker, None, started=False))
+            return
         conn, child_conn = self._context.Pipe(duplex=True)
         stderr, child_stderr = self._context.Pipe(duplex=False)
         slot = self._context.RawArray("q", [-1, -1, 0, 0, -1])
@@ -124,8 +159,16 @@ class ProcessBackend:
             child_stderr.close()
         os.set_blocking(stderr.fileno(), False)
         with self._lock:
-            self._workers[worker] = _Worker(worker, process, conn, slot, stderr)
-        self._wake()
+            if self._broken is None:
+                self._workers[worker] = _Worker(worker, process, conn, slot, stderr)
+                self._wake()
+                return
+        with _exit_status_lock:  # the reader failed while it started: nobody would watch it
+            _kill_group(process)
+            process.join()
+        conn.close()
+        stderr.close()
+        self._report(WorkerExited(worker, process.exitcode, started=False))
 
     def send(self, worker: int, batch: Batch) -> None:
         proc = self._workers.get(worker)
@@ -140,6 +183,8 @@ class ProcessBackend:
         buffers: list[memoryview] = []
         payload, errors = wire.encode_items(batch, buffers)
         sizes = [buffer.nbytes for buffer in buffers]
+        if call.token not in proc.known and len(proc.known) >= _child.FN_CACHE_SIZE:
+            proc.known.clear()  # as the worker clears its cache when this function comes
         header = (batch.id, call.token, None if call.token in proc.known else fn_bytes, call.star, n, starts, sizes)
         if errors:
             proc.send_errors[batch.id] = errors
@@ -165,7 +210,7 @@ class ProcessBackend:
         if proc is None:
             return
         if grace <= 0:
-            proc.process.kill()
+            _kill(proc)
             return
         proc.process.terminate()
         proc.kill_at = time.monotonic() + grace
@@ -176,7 +221,7 @@ class ProcessBackend:
             self._closing = True
             left = list(self._workers.values())
         for proc in left:
-            proc.process.kill()
+            _kill(proc)
         self._wake()
         self._reader.join()
         os.close(self._wake_r)
@@ -187,23 +232,68 @@ class ProcessBackend:
         os.write(self._wake_w, b"x")
 
     def _read_loop(self) -> None:
+        try:
+            self._read_until_closed()
+        except BaseException as exc:  # a bug outside any one worker
+            self._give_up(exc)
+
+    def _read_until_closed(self) -> None:
         while True:
             with self._lock:
                 if self._closing and not self._workers:
                     return
                 procs = list(self._workers.values())
             waitables: dict[Any, _Worker] = {p.process.sentinel: p for p in procs}
-            waitables.update({p.conn: p for p in procs if not p.eof})
-            streams = {p.stderr: p for p in procs if not p.stderr.closed}
+            waitables.update({p.conn: p for p in procs if not p.eof and p.failure is None})
+            streams = {p.stderr: p for p in procs if not p.stderr.closed and p.failure is None}
             for ready in wait([self._wake_r, *waitables, *streams], timeout=self._kill_grace_left(procs)):
                 if ready == self._wake_r:
                     os.read(self._wake_r, 4096)
                 elif ready in streams:
-                    self._relay(streams[ready])
+                    self._guarded(self._relay, streams[ready])
                 elif ready is waitables[ready].conn:
-                    self._receive(waitables[ready])
+                    self._guarded(self._receive, waitables[ready])
                 else:
-                    self._reap(waitables[ready])
+                    self._guarded(self._reap, waitables[ready])
+
+    def _guarded(self, step: Callable[[_Worker], None], proc: _Worker) -> None:
+        """Run ``step`` for ``proc``; if it raises, kill that worker: its
+        sentinel reports it. Failing again as it is reaped is no longer that
+        worker's trouble: the exception ends the reader (``_give_up``)."""
+        if proc.failure is not None and step != self._reap:
+            return  # killed already: only its reaping is left, the next one of its events
+        try:
+            step(proc)
+        except BaseException as exc:
+            if proc.failure is not None:
+                raise
+            proc.failure = f"the parent failed to handle what it sent ({type(exc).__name__}: {exc}) and killed it"
+            _log.error("parcelout: worker process %s: %s", proc.process.pid, proc.failure, exc_info=exc)
+            _kill(proc)
+
+    def _give_up(self, exc: BaseException) -> None:
+        """The reader cannot go on: kill every worker, report each gone, and
+        make every later start fail, so that nobody waits on a dead reader."""
+        _log.critical("parcelout: the process pool's reader thread failed; killing every worker", exc_info=exc)
+        with self._lock:
+            self._broken = exc
+            left = list(self._workers.values())
+            self._workers.clear()
+        for proc in left:
+            _kill(proc)
+        for proc in left:
+            try:
+                with _exit_status_lock:
+                    proc.process.join(_GIVE_UP_JOIN)
+                    proc.reaped = proc.process.exitcode is not None
+                proc.conn.close()
+                proc.stderr.close()
+                detail = f"the parent's reader thread failed ({type(exc).__name__}: {exc}) and killed it"
+                self._report(
+                    WorkerExited(proc.id, proc.process.exitcode, proc.slot[0], proc.slot[1], proc.ready, detail)
+                )
+            except Exception as why:  # each worker gets its report, whatever the others' did
+                _log.critical("parcelout: could not report worker process %s gone", proc.process.pid, exc_info=why)
 
     @staticmethod
     def _kill_grace_left(procs: list[_Worker]) -> float | None:
@@ -214,7 +304,7 @@ class ProcessBackend:
             if proc.kill_at is None:
                 continue
             if proc.kill_at <= now:
-                proc.process.kill()
+                _kill(proc)
                 proc.kill_at = None
             else:
                 left = min(left if left is not None else proc.kill_at - now, proc.kill_at - now)
@@ -252,8 +342,12 @@ class ProcessBackend:
         self._handle(proc, reply)
 
     def _reap(self, proc: _Worker) -> None:
-        """The process is gone: take what it sent before it died, then report."""
-        while not proc.eof:
+        """The process is gone: take what it sent before it died, then report.
+
+        Its group goes too: what its items started. (Killed before it is
+        joined: until then its pid cannot be another process's.)
+        """
+        while not proc.eof and proc.failure is None:
             try:
                 if not proc.conn.poll():
                     break
@@ -262,16 +356,23 @@ class ProcessBackend:
                 break  # what it sent last was cut short: that batch runs again
             self._handle(proc, reply)
         with _exit_status_lock:
+            if not proc.reaped:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.process.pid, signal.SIGKILL)
             proc.process.join()
+            proc.reaped = True
             exitcode = proc.process.exitcode
-        if not proc.stderr.closed:
+        if not proc.stderr.closed and proc.failure is None:
             self._relay(proc)
         proc.conn.close()
         proc.stderr.close()
+        if proc.failure is not None:
+            detail = proc.failure
+        else:
+            detail = "" if exitcode == 0 or proc.kill_at is not None else _crash_detail(proc)
+        self._report(WorkerExited(proc.id, exitcode, proc.slot[0], proc.slot[1], proc.ready, detail))
         with self._lock:
             del self._workers[proc.id]
-        detail = "" if exitcode == 0 or proc.kill_at is not None else _crash_detail(proc)
-        self._report(WorkerExited(proc.id, exitcode, proc.slot[0], proc.slot[1], proc.ready, detail))
 
     def _handle(self, proc: _Worker, message: tuple[tuple[Any, ...], list[bytearray]]) -> None:
         reply, buffers = message  # plain types only: the values inside are encoded apart
