@@ -86,3 +86,20 @@ def make_payload(x: int) -> Payload:
 
 def length(payload: Payload) -> int:
     return len(payload.data)
+
+
+def say_ready(queue: object) -> None:
+    """An initializer whose argument travels only as a worker starts (a
+    multiprocessing Queue): it says the worker is ready."""
+    queue.put(os.getpid())  # type: ignore[attr-defined]
+
+
+def fail_and_log_to(queue: object) -> None:
+    """An initializer that sends the ``concurrent.futures`` log to ``queue``, then fails."""
+    import logging
+    from logging.handlers import QueueHandler
+
+    logger = logging.getLogger("concurrent.futures")
+    logger.addHandler(QueueHandler(queue))  # type: ignore[arg-type]
+    logger.propagate = False
+    raise ValueError("error in initializer")

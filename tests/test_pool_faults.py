@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import gc
 import itertools
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from parcelout import BrokenPool, Pool, TransferError, WorkerCrashed
+from parcelout import BrokenPool, InitializerFailed, Pool, TransferError, WorkerCrashed
 from parcelout._core._messages import Batch, BatchResult, Call, Deliver, Send, Submitted, WorkerExited
 from parcelout._core._scheduler import Scheduler
 from tests import audit_work as work
@@ -297,3 +298,34 @@ def test_an_item_whose_receipt_kills_workers_fails_after_max_crashes() -> None:
     assert sorted(r.batch.items[0][0] for r in failed) == [0, 1]
     assert all(isinstance(r.errors[0], WorkerCrashed) for r in failed)
     assert all(r.batch.crashes == 3 for r in failed)
+
+
+# ---------------------------------------------------------------- initializers
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_initargs_that_travel_only_as_a_worker_starts_reach_it(method: str) -> None:
+    context = multiprocessing.get_context(method)
+    ready = context.Queue()
+    try:
+        with Pool(2, "process", mp_context=context, initializer=work.say_ready, initargs=(ready,)) as pool:
+            assert pool.submit(work.square, 3).result(timeout=BOUND) == 9
+            assert isinstance(ready.get(timeout=BOUND), int)
+    finally:
+        ready.close()
+        ready.join_thread()
+
+
+def test_a_failing_initializer_is_logged_where_process_pool_executor_logs_it() -> None:
+    context = multiprocessing.get_context("forkserver")
+    log = context.Queue()
+    try:
+        pool = Pool(1, "process", mp_context=context, initializer=work.fail_and_log_to, initargs=(log,))
+        with pool, pytest.raises(InitializerFailed):
+            pool.submit(work.square, 3).result(timeout=BOUND)
+        record = log.get(timeout=BOUND)
+        assert "Exception in initializer:" in record.getMessage()
+        assert "ValueError: error in initializer" in record.getMessage()
+    finally:
+        log.close()
+        log.join_thread()

@@ -72,7 +72,13 @@ _SHELL = "/bin/sh"
 _REAPER = 'exec 3<&0 </dev/null >/dev/null 2>&1; (read _ <&3; kill -s KILL -- -"$1") &'
 
 
-def main(conn: Connection, slot: Slot, init: bytes | None, stderr: Connection | None = None) -> None:
+# The initializer as it travels: the function pickled, and its arguments
+# pickled, or as they are (multiprocessing's own pickling carries them as the
+# worker starts: a multiprocessing Queue or Lock can travel only that way).
+Initializer = tuple[bytes, "bytes | tuple[Any, ...]"]
+
+
+def main(conn: Connection, slot: Slot, init: Initializer | None, stderr: Connection | None = None) -> None:
     """Entry point of a worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent's pool handles Ctrl-C
     _let_go_of_the_fork_server()  # before the group reaper starts: it would inherit the pipe
@@ -86,9 +92,14 @@ def main(conn: Connection, slot: Slot, init: bytes | None, stderr: Connection | 
     threading.Thread(target=_receive, args=(conn, inbox), daemon=True).start()
     if init is not None:
         try:
-            initializer, initargs = cloudpickle.loads(init)
+            initializer = cloudpickle.loads(init[0])
+            initargs = cloudpickle.loads(init[1]) if isinstance(init[1], bytes) else init[1]
             initializer(*initargs)
         except BaseException as exc:
+            import logging
+
+            # Where ProcessPoolExecutor's workers log it (an initializer may have set up a handler).
+            logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=True)
             failure, _ = wire.encode([transportable(exc)], lambda _: "")
             _send(conn, ("init_failed", failure))
             return

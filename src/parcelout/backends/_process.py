@@ -479,9 +479,16 @@ _main_lock = threading.Lock()
 _exit_status_lock = threading.Lock()
 
 
-def _pickle_initializer(initializer: Callable[..., object], initargs: tuple[Any, ...]) -> bytes:
+def _pickle_initializer(initializer: Callable[..., object], initargs: tuple[Any, ...]) -> _child.Initializer:
+    """The initializer for ``_child.main``: pickled here (so that one that
+    cannot travel fails now), and its arguments too, unless they travel only
+    as a worker starts (a multiprocessing Queue): then as they are."""
     try:
-        return bytes(cloudpickle.dumps((initializer, initargs)))
+        function = bytes(cloudpickle.dumps(initializer))
     except Exception as exc:
-        exc.add_note("parcelout: the initializer and its initargs could not be pickled for a process worker")
+        exc.add_note("parcelout: the initializer could not be pickled for a process worker")
         raise
+    try:
+        return function, bytes(cloudpickle.dumps(initargs))
+    except Exception:
+        return function, initargs
