@@ -139,7 +139,8 @@ def main(argv: list[str]) -> int:
     unittest.case.doModuleCleanups()
     failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
     skipped = len(result.skipped)
-    print(f"{result.testsRun - failed - skipped} passed, {failed} failed, {skipped} skipped")
+    # On a line of its own: the tests print their durations on stdout without one.
+    print(f"\n{result.testsRun - failed - skipped} passed, {failed} failed, {skipped} skipped")
     return 0 if result.wasSuccessful() else 1
 
 
