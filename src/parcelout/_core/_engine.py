@@ -34,7 +34,7 @@ from parcelout._core._messages import (
     Submitted,
     Tick,
 )
-from parcelout._core._scheduler import Scheduler
+from parcelout._core._scheduler import Scheduler, _fail_all
 from parcelout.errors import BrokenPool
 
 BackendFactory = Callable[[Callable[[Event], None]], Backend]
@@ -191,5 +191,4 @@ def _deliver(result: BatchResult) -> None:
 
 
 def _fail(batch: Batch, error: BaseException) -> None:
-    n = len(batch.items)
-    _deliver(BatchResult(batch, [None] * n, dict.fromkeys(range(n), error)))
+    _deliver(_fail_all(batch, error).result)
