@@ -5,12 +5,11 @@ the guard, not pages of nested tracebacks."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.scripts import run_script
 
 UNGUARDED = """
 import parcelout
@@ -26,10 +25,7 @@ print(parcelout.map(square, range(10), backend="process", workers=2, start_metho
 def test_a_script_without_the_main_guard_is_told_so_in_a_few_lines(method: str, tmp_path: Path) -> None:
     script = tmp_path / "unguarded.py"
     script.write_text(UNGUARDED.format(method=method))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    run = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env, check=False
-    )
+    run = run_script(script)
     assert run.returncode != 0
     assert 'if __name__ == "__main__":' in run.stderr
     assert "bootstrapping phase" not in run.stderr

@@ -14,7 +14,6 @@ import itertools
 import multiprocessing
 import os
 import signal
-import subprocess
 import sys
 import threading
 import weakref
@@ -29,6 +28,7 @@ from parcelout import BrokenPool, InitializerFailed, Pool, TransferError, Worker
 from parcelout._core._messages import Batch, BatchResult, Call, Deliver, Send, Submitted, WorkerExited
 from parcelout._core._scheduler import Scheduler
 from tests import audit_work as work
+from tests.scripts import run_script
 from tests.waits import wait_until
 
 BOUND = 20.0
@@ -262,10 +262,7 @@ if __name__ == "__main__":
 def test_submit_from_an_atexit_hook_is_refused(kind: str, tmp_path: Path) -> None:
     script = tmp_path / "late.py"
     script.write_text(SUBMIT_AT_EXIT.format(backend=kind))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    run = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env, check=False
-    )
+    run = run_script(script)
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines() == [
         "first: 1",

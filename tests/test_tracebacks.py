@@ -5,13 +5,12 @@ functions by value, drops the file name of their code)."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.scripts import run_script
 
 SCRIPT = """
 import parcelout
@@ -30,10 +29,7 @@ if __name__ == "__main__":
 def test_a_worker_traceback_names_the_script_and_starts_at_its_frame(method: str, tmp_path: Path) -> None:
     script = tmp_path / "job.py"
     script.write_text(SCRIPT.format(method=method))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    run = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env, check=False
-    )
+    run = run_script(script)
     assert run.returncode == 1
     remote = re.search(r'"""\nTraceback \(most recent call last\):\n(.*?)"""', run.stderr, flags=re.DOTALL)
     assert remote, run.stderr

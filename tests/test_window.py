@@ -46,16 +46,6 @@ def test_in_flight_never_exceeds_the_window(backend: str, window: int) -> None:
     assert most <= window
 
 
-def test_default_window_is_bounded_on_endless_input(backend: str) -> None:
-    source = Counting()
-    most = 0
-    for yielded, _ in enumerate(parcelout.imap(add_one, source, backend=backend, workers=2), 1):
-        most = max(most, source.taken - yielded)
-        if yielded == 100_000:
-            break
-    assert most <= default_window(2, MAX_BATCH)
-
-
 class SizedCounting(Counting):
     """As ``Counting``, with a length: a dataset of a million records."""
 
@@ -63,8 +53,11 @@ class SizedCounting(Counting):
         return 1_000_000
 
 
-def test_a_long_sized_input_is_pulled_no_further_ahead_than_an_endless_one(backend: str) -> None:
-    source = SizedCounting()
+# An endless input, and a long one with a length: neither is pulled further
+# ahead than the default window, whatever the input's length.
+@pytest.mark.parametrize("kind", [Counting, SizedCounting], ids=["endless", "sized-1000000"])
+def test_default_window_is_bounded_however_long_the_input(backend: str, kind: type[Counting]) -> None:
+    source = kind()
     most = 0
     for yielded, _ in enumerate(parcelout.imap(add_one, source, backend=backend, workers=2), 1):
         most = max(most, source.taken - yielded)
