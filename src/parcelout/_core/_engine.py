@@ -82,7 +82,7 @@ class Engine:
             if self._dead is None and not self._done.is_set():
                 self._inbox.put(event)
                 return
-            error = self._dead or RuntimeError("cannot schedule new futures after shutdown")
+            error = self._refusal()
         if isinstance(event, Submitted):
             _fail(event.batch, error)
 
@@ -140,6 +140,10 @@ class Engine:
         except queue.Empty:
             return Tick()
 
+    def _refusal(self) -> BaseException:
+        """What a batch posted to the engine once it is gone fails with."""
+        return self._dead or RuntimeError("cannot schedule new futures after shutdown")
+
     def _release_barriers(self) -> None:
         """Once gone, nothing posted is handled: release whoever waits."""
         while True:
@@ -150,7 +154,7 @@ class Engine:
             if isinstance(event, _Barrier):
                 event.reached.set()
             elif isinstance(event, Submitted):
-                _fail(event.batch, self._dead or RuntimeError("cannot schedule new futures after shutdown"))
+                _fail(event.batch, self._refusal())
 
     def _carry_out(self, instructions: list[Instruction]) -> None:
         backend = self._backend
