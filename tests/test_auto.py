@@ -51,6 +51,13 @@ def takes_a_lock(lock: object) -> int:
     return holds_the_gil(3)
 
 
+def holds_the_gil_briefly(x: int) -> int:
+    total = 0
+    for i in range(1500):  # about 50 us of pure Python
+        total += i * x
+    return total
+
+
 def test_tiny_work_runs_serially() -> None:
     plan = parcelout.explain(tiny, range(100_000))
     assert plan.backend == "serial"
@@ -81,6 +88,30 @@ def test_gil_holding_work_runs_on_processes() -> None:
     assert plan.workers == usable_cpus()
     assert plan.chunksize is not None
     assert plan.chunksize >= 1
+
+
+@two_cpus
+def test_the_same_function_is_judged_the_same_way_every_time() -> None:
+    # What a process worker adds per item is pickling an int and its result
+    # (about a microsecond), not the function, which crosses once per worker.
+    plans = [parcelout.explain(holds_the_gil_briefly, range(100_000)) for _ in range(6)]
+    for plan in plans:
+        assert plan.measurements.pickle_seconds_per_item is not None, str(plan)
+        assert plan.measurements.pickle_seconds_per_item < 0.2 * plan.measurements.seconds_per_item, str(plan)
+    assert {plan.backend for plan in plans} == {"process"}, [str(plan) for plan in plans]
+
+
+def test_a_pause_while_measuring_does_not_make_tiny_work_look_costly() -> None:
+    # The machine lent to another process for 20 ms in the middle of a batch:
+    # an earlier batch of enough items still says what an item costs.
+    measurer = parcelout._auto.Measurer(tiny, 100_000, None)
+    batches = [(1, 30e-6), (1, 5e-6), (2, 6e-6), (4, 8e-6), (8, 10e-6), (16, 15e-6), (32, 25e-6), (64, 0.020)]
+    for count, wall in batches:
+        assert measurer.plan is None
+        measurer.finished(count, wall, wall, (1, 2))
+    assert measurer.plan is not None
+    assert measurer.plan.backend == "serial", str(measurer.plan)
+    assert "items take" in measurer.plan.reason
 
 
 @two_cpus

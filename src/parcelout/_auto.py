@@ -52,6 +52,12 @@ SERIAL_BUDGET = 0.005
 MAX_SAMPLES = 10_000
 # This many items under TINY_SECONDS each are enough to call the work tiny.
 TINY_SAMPLES = 200
+# A batch of at least this many items says how fast an item can run: its
+# fixed cost is spread thin. A pause (the machine lent to another process)
+# only ever makes a batch slower, so the fastest such batch is the one to trust.
+TELLING_BATCH = 32
+# Pickling is timed this many times; the fastest is the cost (see TELLING_BATCH).
+PICKLE_TRIALS = 3
 # An item that took this long and mostly waited says enough on its own.
 TELLING_SECONDS = 0.001
 # A batch still running is looked at after this long: if it has spent under
@@ -202,6 +208,7 @@ class Measurer:
         self._running = 0.0  # wall time of the batch still running there, when it decided
         self._running_cpu = 0.0
         self._running_items = 0  # items of it finished then (at least 1: it counts as one)
+        self._fastest = math.inf  # seconds per item of the fastest batch of TELLING_BATCH or more
         self._probed = 0  # items finished from the probe on
         self._speedup: float | None = None
         self._gil_waits: float | None = None
@@ -237,10 +244,12 @@ class Measurer:
         self._count += count
         self._wall += wall
         self._cpu += cpu
+        if count >= TELLING_BATCH:
+            self._fastest = min(self._fastest, wall / count)
         self._running = self._running_cpu = 0.0
         self._running_items = 0
         waiting = wall >= TELLING_SECONDS and cpu < WAITING_CPU_FRACTION * wall
-        tiny = self._count >= TINY_SAMPLES and self._wall < TINY_SECONDS * self._count
+        tiny = self._count >= TINY_SAMPLES and self._tiny()
         if self._wall >= SERIAL_BUDGET or self._count >= MAX_SAMPLES or waiting or tiny:
             self._after_serial()
 
@@ -280,6 +289,11 @@ class Measurer:
         """Seconds per item on one thread; a batch still running counts as one item."""
         return (self._wall + self._running) / max(1, self._count + self._running_items)
 
+    def _tiny(self) -> bool:
+        """Whether items take under TINY_SECONDS: all of them on average, or
+        those of the fastest telling batch (the others may have been paused)."""
+        return self._per_item() < TINY_SECONDS or self._fastest < TINY_SECONDS
+
     def _cpu_fraction(self) -> float:
         wall = self._wall + self._running
         return min(1.0, (self._cpu + self._running_cpu) / wall) if wall > 0 else 1.0
@@ -295,8 +309,9 @@ class Measurer:
     def _after_serial(self, final: bool = False) -> None:
         per, cpu = self._per_item(), self._cpu_fraction()
         cpus = usable_cpus()
-        if per < TINY_SECONDS:
-            self._set("serial", 1, f"items take {_seconds(per)}: a worker would cost more than it saves")
+        if self._tiny():
+            fastest = min(per, self._fastest)
+            self._set("serial", 1, f"items take {_seconds(fastest)}: a worker would cost more than it saves")
         elif cpu < WAITING_CPU_FRACTION:
             # An item still running will have spent an even smaller share on a
             # CPU by its end: then as many threads as allowed.
@@ -351,23 +366,29 @@ class Measurer:
         self.probing = False
 
     def _time_pickling(self) -> None:
-        """Time a round trip of the sample item and result through pickle
-        (what a process worker costs per item), once."""
+        """Time, once, what a process worker adds per item: the sample item and
+        its result pickled and unpickled (the function crosses once per
+        worker, so it is only checked, not timed)."""
         if self._sample is None or self._pickle is not None or self._pickle_failed:
             return
-        item, result = self._sample
-        start = time.perf_counter()
         try:
-            for value in (item, result):
-                try:
-                    pickle.loads(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
-                except Exception:
-                    cloudpickle.loads(cloudpickle.dumps(value))
             cloudpickle.dumps(self._fn)
+            self._pickle = min(_round_trip(self._sample) for _ in range(PICKLE_TRIALS))
         except Exception:
             self._pickle_failed = True
-            return
-        self._pickle = time.perf_counter() - start
+
+
+def _round_trip(values: tuple[object, ...]) -> float:
+    """Seconds to pickle and unpickle ``values``, each on its own, as a process
+    worker's items and results cross."""
+    start = time.perf_counter()
+    for value in values:
+        try:
+            data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            data = cloudpickle.dumps(value)
+        pickle.loads(data)
+    return time.perf_counter() - start
 
 
 def _minus(after: int | None, before: int | None) -> int | None:
