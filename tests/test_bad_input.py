@@ -234,8 +234,9 @@ def test_an_unknown_backend_name_is_a_value_error_naming_the_choices(entry: str,
     with pytest.raises(ValueError) as caught:
         POOL_OPTIONS[entry](backend=name)
     message = str(caught.value)
-    assert "backend must be one of auto, serial, thread, process" in message
-    assert message.endswith(f"not {name!r}")
+    assert "backend must be one of" in message
+    assert "serial, thread, process" in message
+    assert f"not {name!r}" in message
 
 
 @pytest.mark.parametrize("entry", POOL_OPTIONS)

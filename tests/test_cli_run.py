@@ -275,7 +275,9 @@ def test_a_crash_and_a_timeout_are_their_kinds(workdir: Path) -> None:
     assert list(errors(crashed)) == [2]
     assert errors(crashed)[2]["kind"] == "crash"
     assert errors(crashed)[2]["type"] == "parcelout.errors.WorkerCrashed"
-    timed_out = parcelout(workdir, "run", "jobs:hangs_on_1", "--range", "3", "--backend", "process", "--timeout", "1")
+    timed_out = parcelout(
+        workdir, "run", "jobs:hangs_on_1", "--range", "3", "--backend", "process", "--task-timeout", "1"
+    )
     assert timed_out.status == 1
     assert list(errors(timed_out)) == [1]
     assert errors(timed_out)[1]["kind"] == "timeout"
@@ -292,7 +294,10 @@ USAGE_ERRORS = {
     "lines without input": (["jobs:square", "--range", "3", "--lines"], "--lines reads --input"),
     "key with range": (["jobs:square", "--range", "3", "--key", "id"], "--key FIELD names a field"),
     "retry-failed without journal": (["jobs:square", "--range", "3", "--retry-failed"], "give --journal"),
-    "timeout on serial": (["jobs:square", "--range", "3", "--backend", "serial", "--timeout", "1"], "--timeout needs"),
+    "timeout on serial": (
+        ["jobs:square", "--range", "3", "--backend", "serial", "--task-timeout", "1"],
+        "--task-timeout needs",
+    ),
     "no workers": (["jobs:square", "--range", "3", "--workers", "0"], "--workers must be greater than 0"),
 }
 

@@ -147,7 +147,7 @@ def test_failures_stay_with_their_items(cluster: str) -> None:
 
 
 def test_timeout_and_retries(cluster: str) -> None:
-    out = parcelout.map(slow_on_2, range(6), backend="dask", address=cluster, timeout=0.5, on_error="return")
+    out = parcelout.map(slow_on_2, range(6), backend="dask", address=cluster, task_timeout=0.5, on_error="return")
     assert [o for i, o in enumerate(out) if i != 2] == [0, 1, 3, 4, 5]
     assert isinstance(out[2], Failure)
     assert isinstance(out[2].error, TaskTimeout)

@@ -1,6 +1,6 @@
 """What happens to an item that fails, hangs or takes its worker down.
 
-* Per-item timeouts (``timeout=``): the item fails with ``TaskTimeout``; a
+* Per-item timeouts (``task_timeout=``): the item fails with ``TaskTimeout``; a
   process worker is stopped (SIGTERM, SIGKILL after a grace) and replaced, a
   thread is abandoned and replaced; the rest of its batch runs elsewhere.
 * Retries (``retries=``, ``retry_on=``, ``backoff=``) and the crash cap for
@@ -19,10 +19,8 @@ never sleeps.
 
 from __future__ import annotations
 
-import ast
 import ctypes
 import functools
-import inspect
 import itertools
 import math
 import os
@@ -40,7 +38,8 @@ import psutil
 import pytest
 
 import parcelout
-from parcelout import Failure, Pool, TaskTimeout, WorkerCrashed, _api
+from parcelout import Failure, Pool, TaskTimeout, WorkerCrashed
+from parcelout._options import DEFAULTS
 from parcelout.backends._process import likely_out_of_memory
 from tests.waits import wait_until
 
@@ -235,7 +234,7 @@ def test_an_item_past_its_timeout_fails_with_task_timeout(
 ) -> None:
     fn = functools.partial(where, str(tmp_path), 1, release=gate)
     start = time.monotonic()
-    outcomes = parcelout.map(fn, range(4), backend=timeout_backend, workers=2, timeout=SHORT, on_error="return")
+    outcomes = parcelout.map(fn, range(4), backend=timeout_backend, workers=2, task_timeout=SHORT, on_error="return")
     elapsed = time.monotonic() - start
     failure = outcomes[1]
     assert isinstance(failure, Failure)
@@ -261,7 +260,7 @@ def test_with_on_error_raise_the_task_timeout_is_raised(
     run = runners[entry]
     start = time.monotonic()
     with pytest.raises(TaskTimeout) as raised:
-        run(fn, range(4), backend=timeout_backend, workers=2, timeout=SHORT)
+        run(fn, range(4), backend=timeout_backend, workers=2, task_timeout=SHORT)
     assert raised.value.timeout == SHORT
     assert "item 2" in str(raised.value)
     assert time.monotonic() - start < PROMPTLY
@@ -269,7 +268,9 @@ def test_with_on_error_raise_the_task_timeout_is_raised(
 
 def test_a_timed_out_process_worker_is_replaced_and_its_batch_runs_again_elsewhere(tmp_path: Path) -> None:
     fn = functools.partial(where, str(tmp_path), 2)
-    outcomes = parcelout.map(fn, range(6), backend="process", workers=1, chunksize=6, timeout=SHORT, on_error="return")
+    outcomes = parcelout.map(
+        fn, range(6), backend="process", workers=1, chunksize=6, task_timeout=SHORT, on_error="return"
+    )
     failures = failures_in(outcomes)
     assert list(failures) == [2]
     assert failures[2].kind == "timeout"
@@ -287,7 +288,7 @@ def test_a_timed_out_thread_runs_on_and_a_new_thread_takes_the_rest(tmp_path: Pa
     try:
         fn = functools.partial(where, str(tmp_path), 2, release=release)
         outcomes = parcelout.map(
-            fn, range(6), backend="thread", workers=1, chunksize=6, timeout=SHORT, on_error="return"
+            fn, range(6), backend="thread", workers=1, chunksize=6, task_timeout=SHORT, on_error="return"
         )
         failures = failures_in(outcomes)
         assert list(failures) == [2]
@@ -306,7 +307,7 @@ def test_a_timed_out_thread_runs_on_and_a_new_thread_takes_the_rest(tmp_path: Pa
 
 def test_a_process_item_that_ignores_sigterm_is_killed_after_the_grace(tmp_path: Path) -> None:
     fn = functools.partial(deaf_to_sigterm, str(tmp_path))
-    with Pool(1, "process", timeout=SHORT) as pool:
+    with Pool(1, "process", task_timeout=SHORT) as pool:
         outcomes = list(pool.imap(fn, range(3), chunksize=3, on_error="return"))
         failure = outcomes[0]
         assert isinstance(failure, Failure)
@@ -319,18 +320,18 @@ def test_a_process_item_that_ignores_sigterm_is_killed_after_the_grace(tmp_path:
 
 def test_timeout_with_the_serial_backend_is_refused() -> None:
     with pytest.raises(ValueError, match="serial"):
-        parcelout.map(abs, [1], backend="serial", timeout=1)
+        parcelout.map(abs, [1], backend="serial", task_timeout=1)
     with pytest.raises(ValueError, match="serial"):
-        imap(abs, [1], backend="serial", timeout=1)
+        imap(abs, [1], backend="serial", task_timeout=1)
     with pytest.raises(ValueError, match="serial"):
-        parcelout.imap_unordered(abs, [1], backend="serial", timeout=1)
+        parcelout.imap_unordered(abs, [1], backend="serial", task_timeout=1)
     with pytest.raises(ValueError, match="serial"):
-        Pool(1, "serial", timeout=1)
+        Pool(1, "serial", task_timeout=1)
     with Pool(1, "serial") as pool:
         with pytest.raises(ValueError, match="serial"):
-            pool.imap(abs, [1], timeout=1)
+            pool.imap(abs, [1], task_timeout=1)
         with pytest.raises(ValueError, match="serial"):
-            pool.imap_unordered(abs, [1], timeout=1)
+            pool.imap_unordered(abs, [1], task_timeout=1)
 
 
 BAD_TIMEOUTS = [
@@ -347,16 +348,16 @@ BAD_TIMEOUTS = [
 @pytest.mark.parametrize(("value", "error"), BAD_TIMEOUTS, ids=[repr(v) for v, _ in BAD_TIMEOUTS])
 def test_bad_timeouts_are_refused_at_the_call(value: object, error: type[Exception]) -> None:
     with pytest.raises(error):
-        parcelout.map(abs, [1], backend="thread", timeout=value)
+        parcelout.map(abs, [1], backend="thread", task_timeout=value)  # type: ignore[call-overload]
     with pytest.raises(error):
-        imap(abs, [1], backend="thread", timeout=value)
+        imap(abs, [1], backend="thread", task_timeout=value)
     with pytest.raises(error):
-        parcelout.imap_unordered(abs, [1], backend="thread", timeout=value)
+        parcelout.imap_unordered(abs, [1], backend="thread", task_timeout=value)  # type: ignore[call-overload]
     with pytest.raises(error):
-        Pool(1, "thread", timeout=value)  # type: ignore[arg-type]
+        Pool(1, "thread", task_timeout=value)  # type: ignore[arg-type]
     with Pool(1, "thread") as pool:
         with pytest.raises(error):
-            pool.imap(abs, [1], timeout=value)
+            pool.imap(abs, [1], task_timeout=value)  # type: ignore[arg-type]
         assert pool.submit(abs, -1).result(PROMPTLY) == 1  # the pool still works
 
 
@@ -364,14 +365,14 @@ def test_bad_timeouts_are_refused_at_the_call(value: object, error: type[Excepti
 def test_the_timeout_is_per_item_not_per_batch(backend_name: str) -> None:
     # Each batch of 10 items runs for about 1 s, twice the timeout; each item 0.1 s.
     fn = functools.partial(work_for, 0.1)
-    outcomes = parcelout.map(fn, range(20), backend=backend_name, workers=2, chunksize=10, timeout=0.5)
+    outcomes = parcelout.map(fn, range(20), backend=backend_name, workers=2, chunksize=10, task_timeout=0.5)
     assert outcomes == list(range(20))
 
 
 def test_submit_past_the_pools_timeout_raises_task_timeout_and_the_pool_goes_on(
     timeout_backend: str, gate: threading.Event | None
 ) -> None:
-    with Pool(1, timeout_backend, timeout=SHORT) as pool:
+    with Pool(1, timeout_backend, task_timeout=SHORT) as pool:
         late = pool.submit(stall, gate)
         start = time.monotonic()
         with pytest.raises(TaskTimeout) as raised:
@@ -385,7 +386,7 @@ def test_the_pools_timeout_applies_to_its_maps_and_a_call_may_override_it(
     timeout_backend: str, gate: threading.Event | None, tmp_path: Path
 ) -> None:
     stalls_on_1 = functools.partial(where, str(tmp_path), 1, release=gate)
-    with Pool(2, timeout_backend, timeout=SHORT) as pool:
+    with Pool(2, timeout_backend, task_timeout=SHORT) as pool:
         outcomes = list(pool.imap(stalls_on_1, range(3), on_error="return"))
         assert [type(o).__name__ for o in outcomes] == ["tuple", "Failure", "tuple"]
         assert isinstance(outcomes[1], Failure)
@@ -394,8 +395,8 @@ def test_the_pools_timeout_applies_to_its_maps_and_a_call_may_override_it(
             list(pool.map(stalls_on_1, [1]))  # Executor.map: through submit
         # An item twice as long as the pool's timeout, with a longer one (or none) for this call.
         slow = functools.partial(work_for, 2 * SHORT)
-        assert list(pool.imap(slow, range(2), timeout=PROMPTLY)) == [0, 1]
-        assert list(pool.imap_unordered(slow, [5], timeout=None)) == [5]
+        assert list(pool.imap(slow, range(2), task_timeout=PROMPTLY)) == [0, 1]
+        assert list(pool.imap_unordered(slow, [5], task_timeout=None)) == [5]
 
 
 def test_a_call_timeout_applies_on_a_pool_without_one(
@@ -403,29 +404,9 @@ def test_a_call_timeout_applies_on_a_pool_without_one(
 ) -> None:
     with Pool(2, timeout_backend) as pool:
         fn = functools.partial(where, str(tmp_path), 0, release=gate)
-        outcomes = list(pool.imap_unordered(fn, range(2), timeout=SHORT, on_error="return"))
+        outcomes = list(pool.imap_unordered(fn, range(2), task_timeout=SHORT, on_error="return"))
         assert {o.kind for o in outcomes if isinstance(o, Failure)} == {"timeout"}
         assert [o[0] for o in outcomes if not isinstance(o, Failure)] == [10]
-
-
-POLICY_OPTIONS = {"timeout", "retries", "retry_on", "backoff", "max_crashes"}
-
-
-def test_imaps_typed_overloads_take_the_failure_policy_options() -> None:
-    # A type checker sees only the overloads: without these options there,
-    # ``parcelout.imap(fn, items, timeout=5)`` fails to type-check.
-    tree = ast.parse(inspect.getsource(_api))
-    overloads = [
-        node
-        for node in tree.body
-        if isinstance(node, ast.FunctionDef)
-        and node.name == "imap"
-        and any(isinstance(d, ast.Name) and d.id == "overload" for d in node.decorator_list)
-    ]
-    assert len(overloads) == 2
-    for node in overloads:
-        keywords = {arg.arg for arg in node.args.kwonlyargs}
-        assert keywords >= POLICY_OPTIONS, f"missing {sorted(POLICY_OPTIONS - keywords)}"
 
 
 # ================================================================ B. retries
@@ -539,7 +520,7 @@ def test_a_crash_without_retries_fails_only_its_item(tmp_path: Path) -> None:
 
 def test_a_timeout_is_retried(timeout_backend: str, gate: threading.Event | None, tmp_path: Path) -> None:
     fn = functools.partial(flaky, str(tmp_path), {1: ("stall", 1)}, release=gate)
-    outcomes = parcelout.map(fn, range(3), backend=timeout_backend, workers=2, timeout=SHORT, retries=1)
+    outcomes = parcelout.map(fn, range(3), backend=timeout_backend, workers=2, task_timeout=SHORT, retries=1)
     assert outcomes == [0, 10, 20]
     assert runs(tmp_path, 1) == 2
 
@@ -548,7 +529,7 @@ def test_an_item_that_times_out_on_every_run_counts_its_attempts(
     timeout_backend: str, gate: threading.Event | None, tmp_path: Path
 ) -> None:
     fn = functools.partial(flaky, str(tmp_path), {0: ("stall", 99)}, release=gate)
-    outcomes = parcelout.map(fn, range(2), backend=timeout_backend, timeout=SHORT, retries=1, on_error="return")
+    outcomes = parcelout.map(fn, range(2), backend=timeout_backend, task_timeout=SHORT, retries=1, on_error="return")
     failure = outcomes[0]
     assert isinstance(failure, Failure)
     assert (failure.kind, failure.attempts) == ("timeout", 2)
@@ -559,7 +540,7 @@ def test_an_item_that_times_out_on_every_run_counts_its_attempts(
 def test_retry_on_can_leave_timeouts_alone(timeout_backend: str, gate: threading.Event | None, tmp_path: Path) -> None:
     fn = functools.partial(flaky, str(tmp_path), {1: ("stall", 1)}, release=gate)
     outcomes = parcelout.map(
-        fn, range(2), backend=timeout_backend, timeout=SHORT, retries=2, retry_on=ValueError, on_error="return"
+        fn, range(2), backend=timeout_backend, task_timeout=SHORT, retries=2, retry_on=ValueError, on_error="return"
     )
     failure = outcomes[1]
     assert isinstance(failure, Failure)
@@ -576,9 +557,9 @@ def test_a_poison_item_fails_after_max_crashes(
     retries: int, max_crashes: int | None, expected: int, tmp_path: Path
 ) -> None:
     fn = functools.partial(flaky, str(tmp_path), {1: ("exit", 1000)})
-    cap = {} if max_crashes is None else {"max_crashes": max_crashes}
+    cap: int = DEFAULTS["max_crashes"] if max_crashes is None else max_crashes
     outcomes = parcelout.map(
-        fn, range(4), backend="process", workers=2, chunksize=4, retries=retries, on_error="return", **cap
+        fn, range(4), backend="process", workers=2, chunksize=4, retries=retries, on_error="return", max_crashes=cap
     )
     assert [o for o in outcomes if not isinstance(o, Failure)] == [0, 20, 30]
     failure = outcomes[1]
@@ -610,7 +591,7 @@ def test_a_pools_retries_apply_to_its_maps_and_a_call_may_override_them(backend:
         outcomes = list(pool.imap_unordered(fails_once, [0], retries=0, on_error="return"))
         assert [(o.kind, o.attempts) for o in outcomes if isinstance(o, Failure)] == [("error", 1)]
         with pytest.raises(TypeError, match="retry"):
-            pool.imap(abs, [1], retry=3)
+            pool.imap(abs, [1], retry=3)  # type: ignore[call-arg]
 
 
 BAD_POLICIES: list[tuple[dict[str, Any], type[Exception]]] = [

@@ -178,7 +178,7 @@ def test_with_key_reordered_and_extended_input_resumes(tmp_path: Path) -> None:
 
 def test_a_key_that_is_not_a_str_or_int_is_refused(tmp_path: Path) -> None:
     with pytest.raises(JournalError, match=r"the key of item 2 \(2\) is \[2\], a list: key= must give each item"):
-        parcelout.map(triple, range(4), journal=tmp_path / "run.db", key=lambda x: [x] if x == 2 else x)
+        parcelout.map(triple, range(4), journal=tmp_path / "run.db", key=lambda x: [x] if x == 2 else x)  # type: ignore[arg-type, return-value]
 
 
 def test_a_key_that_raises_fails_its_item(tmp_path: Path) -> None:

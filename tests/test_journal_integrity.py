@@ -107,7 +107,7 @@ def test_a_key_neither_str_nor_int_is_refused_naming_the_item_and_the_type(bad: 
         return bad if x == 3 else x
 
     with pytest.raises(JournalError, match=rf"the key of item 3 \(3\) is .*, a {type(bad).__name__}:"):
-        parcelout.map(double, range(6), journal=tmp_path / "run.db", key=key)
+        parcelout.map(double, range(6), journal=tmp_path / "run.db", key=key)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- the fingerprint, from process to process

@@ -265,8 +265,11 @@ def double(x):
 
 try:
     parcelout.map(double, range(10), backend="process", workers=2, start_method={method!r})
-except parcelout.InitializerFailed as error:
+except parcelout.InitializerFailed as error:  # there is no initializer: it must not be blamed
     print("InitializerFailed:", error)
+    sys.exit(1)
+except parcelout.StartupFailed as error:
+    print("StartupFailed:", error)
     sys.exit(0)
 print("no error")
 sys.exit(1)
@@ -278,4 +281,4 @@ def test_a_main_module_that_exits_when_imported_breaks_the_run_promptly(start_me
     script.write_text(MAIN_THAT_EXITS_IN_CHILDREN.format(method=start_method))
     done = run_script(str(script), str(script), timeout=60)
     assert done.returncode == 0, (done.stdout, done.stderr)
-    assert done.stdout.startswith("InitializerFailed:")
+    assert done.stdout.startswith("StartupFailed:")

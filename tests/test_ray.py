@@ -122,7 +122,7 @@ def test_map_imap_and_failures_on_a_cluster(cluster: str) -> None:
 
 
 def test_timeout_on_a_cluster(cluster: str) -> None:
-    out = parcelout.map(slow_on_2, range(5), backend="ray", address=cluster, timeout=0.5, on_error="return")
+    out = parcelout.map(slow_on_2, range(5), backend="ray", address=cluster, task_timeout=0.5, on_error="return")
     assert isinstance(out[2], Failure)
     assert isinstance(out[2].error, TaskTimeout)
     assert [o for i, o in enumerate(out) if i != 2] == [0, 1, 3, 4]

@@ -13,26 +13,36 @@ import pytest
 from tests.scripts import run_script
 
 SCRIPT = """
+import multiprocessing as mp
 import parcelout
 
-def boom(x):
+def boom(x, y=0):
     if x == 3:
         raise ValueError("three")
     return x
 
 if __name__ == "__main__":
-    parcelout.map(boom, range(5), backend="process", workers=2, start_method={method!r})
+    {call}
 """
+# Every way a script's function reaches a process worker.
+CALLS = {
+    "map": 'parcelout.map(boom, range(5), backend="process", workers=2, start_method={method!r})',
+    "map over two iterables": 'parcelout.map(boom, range(5), range(5), backend="process", start_method={method!r})',
+    "starmap": 'parcelout.starmap(boom, [(3, 1)], backend="process", start_method={method!r})',
+    "Pool.map": "list(parcelout.ProcessPoolExecutor(2, mp_context=mp.get_context({method!r})).map(boom, range(5)))",
+    "submit": "parcelout.Pool(1, start_method={method!r}).submit(boom, 3).result()",
+}
 
 
+@pytest.mark.parametrize("call", list(CALLS))
 @pytest.mark.parametrize("method", ["forkserver", "spawn", "fork"])
-def test_a_worker_traceback_names_the_script_and_starts_at_its_frame(method: str, tmp_path: Path) -> None:
+def test_a_worker_traceback_names_the_script_and_starts_at_its_frame(method: str, call: str, tmp_path: Path) -> None:
     script = tmp_path / "job.py"
-    script.write_text(SCRIPT.format(method=method))
+    script.write_text(SCRIPT.replace("{call}", CALLS[call].format(method=method)))
     run = run_script(script)
     assert run.returncode == 1
     remote = re.search(r'"""\nTraceback \(most recent call last\):\n(.*?)"""', run.stderr, flags=re.DOTALL)
     assert remote, run.stderr
     frames = remote.group(1)
     assert "<dynamic-code>" not in frames
-    assert frames.startswith(f'  File "{script}", line 6, in boom\n    raise ValueError("three")'), frames
+    assert frames.startswith(f'  File "{script}", line 7, in boom\n    raise ValueError("three")'), frames

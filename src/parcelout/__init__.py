@@ -5,11 +5,12 @@ no worker outlives its pool.
 """
 
 from parcelout import sync
-from parcelout._api import explain, imap, imap_unordered, map
-from parcelout._auto import Plan
+from parcelout._api import explain, imap, imap_unordered, map, starmap
+from parcelout._auto import Measurements, Plan
 from parcelout._executors import ProcessPoolExecutor, ThreadPoolExecutor
 from parcelout._failure import Failure
-from parcelout._journal import Journal, read_outcomes, read_summary
+from parcelout._journal import Journal, JournalSummary, StoredOutcome, read_outcomes, read_summary
+from parcelout._options import Options, RunArgs
 from parcelout._pool import Pool
 from parcelout._stress import RaceDetected, StressReport, stress
 from parcelout.errors import (
@@ -18,6 +19,7 @@ from parcelout.errors import (
     JournalError,
     RemoteError,
     RemoteTraceback,
+    StartupFailed,
     TaskTimeout,
     TransferError,
     WorkerCrashed,
@@ -30,12 +32,18 @@ __all__ = [
     "InitializerFailed",
     "Journal",
     "JournalError",
+    "JournalSummary",
+    "Measurements",
+    "Options",
     "Pool",
     "ProcessPoolExecutor",
     "RaceDetected",
     "StressReport",
     "RemoteError",
     "RemoteTraceback",
+    "RunArgs",
+    "StartupFailed",
+    "StoredOutcome",
     "TaskTimeout",
     "ThreadPoolExecutor",
     "TransferError",
@@ -46,6 +54,7 @@ __all__ = [
     "map",
     "read_outcomes",
     "read_summary",
+    "starmap",
     "stress",
     "sync",
 ]
@@ -54,6 +63,7 @@ for _name in (
     "imap",
     "imap_unordered",
     "map",
+    "starmap",
     "explain",
     "Failure",
     "Journal",

@@ -51,7 +51,7 @@ Key = str | int
 KeyOf = Callable[[int, Any], Key]
 TOP_ERRORS = 5  # error types named in the failure summary
 BACKEND_CHOICES = ("auto", "serial", "thread", "process", "dask", "ray")
-FLAG_OPTIONS = ("workers", "chunksize", "timeout", "retries")  # imap's keywords that are also flags of run
+FLAG_OPTIONS = ("workers", "chunksize", "task_timeout", "retries")  # imap's keywords that are also flags of run
 TRUST_OWNER_HELP = "use a journal that another user owns (its pickles run code when loaded: trust its owner)"
 SIDE_FILES = ("-wal", "-shm", "-journal")  # SQLite's files beside a database
 
@@ -98,7 +98,13 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="with --backend dask or ray: the cluster to run on (tcp://host:8786 for Dask, host:6379 for Ray)",
     )
     run.add_argument("--chunksize", type=int, metavar="N", help="items per batch (default: adaptive)")
-    run.add_argument("--timeout", type=float, metavar="SECONDS", help="fail an item that runs longer than this")
+    run.add_argument(
+        "--task-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="fail an item that runs longer than this (its worker is stopped)",
+    )
+    run.add_argument("--timeout", type=float, metavar="SECONDS", help=argparse.SUPPRESS)  # the old --task-timeout
     run.add_argument("--retries", type=int, default=0, metavar="N", help="run a failed item up to N more times")
     run.add_argument("--journal", metavar="PATH", help="record outcomes in this SQLite file; a rerun resumes")
     run.add_argument("--retry-failed", action="store_true", help="with --journal: run the failed items again")
@@ -178,7 +184,9 @@ def run_command(args: argparse.Namespace) -> int:
         try:
             with contextlib.ExitStack() as files:
                 items = read_input(args, files)
-                outcomes = files.enter_context(contextlib.closing(start(Apply(fn), items, options)))
+                outcomes = files.enter_context(
+                    contextlib.closing(start(Apply(fn), items, options, verbose=args.verbose))
+                )
                 first = list(itertools.islice(outcomes, 1))  # the journal is checked, and workers start, here
                 out = open_output(args.output, files)  # so a journal that cannot be used leaves the output as it was
                 write_outcomes(itertools.chain(first, outcomes), items, key_function(args.key), out, tally)
@@ -482,7 +490,7 @@ def imap_options(args: argparse.Namespace) -> dict[str, Any]:
         "workers": args.workers,
         "backend": args.backend,
         "chunksize": args.chunksize,
-        "timeout": args.timeout,
+        "task_timeout": args.task_timeout,
         "retries": args.retries,
         "progress": sys.stderr.isatty(),
     }
@@ -493,20 +501,29 @@ def imap_options(args: argparse.Namespace) -> dict[str, Any]:
         options.update(journal=journal, retry_failed=args.retry_failed)
         if args.key is not None:
             options["key"] = ItemField(args.key)
-    if args.verbose:
-        options["_on_plan"] = print_plan
+    if args.timeout is not None:
+        if args.task_timeout is not None:
+            raise UsageError("give --task-timeout, not both it and --timeout (its old name)")
+        print("parcelout: --timeout is now spelt --task-timeout; --timeout will stop working", file=sys.stderr)
+        options["task_timeout"] = args.timeout
     return options
 
 
-def start(fn: Apply, items: Remembered, options: dict[str, Any]) -> Generator[Any, None, None]:
-    """``imap(fn, items, on_error="return", ...)``, as ``imap`` makes it (``_batches`` takes ``_on_plan`` too),
-    with its option errors (raised at the call, before any worker starts) as usage errors."""
+def start(
+    fn: Apply, items: Remembered, options: dict[str, Any], *, verbose: bool = False
+) -> Generator[Any, None, None]:
+    """``imap(fn, items, on_error="return", ...)``, as ``imap`` makes it (with ``verbose``, the plan
+    ``backend="auto"`` makes is printed), with its option errors (raised at the call, before any
+    worker starts) as usage errors."""
     try:
-        return flatten(_batches(fn, items, ordered=True, on_error="return", **options))
+        on_plan = print_plan if verbose else None
+        stream = _batches(fn, items, ordered=True, on_error="return", where="run", options=options, on_plan=on_plan)
+        return flatten(stream)
     except (TypeError, ValueError) as error:
         message = str(error)
-        if message.split(" ", 1)[0] in FLAG_OPTIONS:  # imap names a keyword; the user typed a flag
-            message = f"--{message}"
+        first = message.split(" ", 1)[0]
+        if first in FLAG_OPTIONS:  # imap names a keyword; the user typed a flag
+            message = f"--{first.replace('_', '-')} {message.split(' ', 1)[1]}"
         raise UsageError(message) from None
 
 

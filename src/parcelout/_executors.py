@@ -9,6 +9,7 @@ means what it means in ``concurrent.futures``.
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Callable
 from typing import Any
 
@@ -27,8 +28,12 @@ class _Standard(Pool):
         return self._engine is not None and self._engine.broken is not None
 
 
-class ThreadPoolExecutor(_Standard):
-    """``concurrent.futures.ThreadPoolExecutor``, on parcelout thread workers."""
+class ThreadPoolExecutor(_Standard, concurrent.futures.ThreadPoolExecutor):  # type: ignore[override]
+    """``concurrent.futures.ThreadPoolExecutor``, on parcelout thread workers.
+
+    It is an instance of the standard class too (whose methods ``Pool``'s
+    all replace), because ``asyncio``'s ``loop.set_default_executor`` takes
+    only that."""
 
     def __init__(
         self,

@@ -1,23 +1,135 @@
-"""Option checking, in one place: every public entry point validates here,
-at the call, so a bad option fails before any worker starts."""
+"""The options of a run, declared once, and checked in one place: every
+public entry point validates here, at the call, so a bad option fails before
+any worker starts.
+
+``Options`` names each option a run takes and its type; ``DEFAULTS`` gives
+each its default. The one-shot functions, ``Pool.imap``, ``explain`` and the
+command line take them as keyword arguments typed by ``Options``
+(``**options: Unpack[Options]``), so a type checker catches a misspelt
+option, and ``configure`` turns them into what the parts use: the pool's
+make-up (``PoolOptions``), the failure policy (``Policy``) and the run's
+shape (``RunOptions``). ``tests/test_options.py`` checks that every entry
+point takes exactly these.
+"""
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from parcelout._core._messages import DEFAULT_POLICY, Policy
+
+if TYPE_CHECKING:
+    from parcelout._core._engine import BackendFactory
+    from parcelout._journal import Journal
 
 OnError = Literal["raise", "return", "skip"]
 BACKEND_NAMES = ("auto", "serial", "thread", "process", "dask", "ray")
 CLUSTER_BACKENDS = ("dask", "ray")
 START_METHODS = ("fork", "forkserver", "spawn")
-ProgressSpec = bool | Callable[[int, int | None], object]
+ProgressSpec = bool | Callable[[int, int | None], object] | Mapping[str, Any]
 RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], object]
-POLICY_OPTION_NAMES = ("timeout", "retries", "retry_on", "backoff", "max_crashes")  # make_policy's
+POLICY_OPTION_NAMES = ("task_timeout", "retries", "retry_on", "backoff", "max_crashes")  # make_policy's
+
+
+class RunArgs(TypedDict, total=False):
+    """The keyword options of one run over a pool (``on_error`` aside, which
+    decides the type of the results): ``Pool.imap`` takes these."""
+
+    chunksize: int | None
+    window: int | None
+    progress: ProgressSpec
+    task_timeout: float | None
+    timeout: float | None  # deprecated: the old name of task_timeout
+    retries: int
+    retry_on: RetryOn | None
+    backoff: float
+    max_crashes: int
+    journal: str | os.PathLike[str] | Journal | None
+    key: Callable[[Any], str | int] | None
+    retry_failed: bool
+
+
+class Options(RunArgs, total=False):
+    """Every keyword option of a run and of the pool it makes: ``imap``,
+    ``imap_unordered``, ``map``, ``starmap`` and ``explain`` take these.
+    Defaults: ``DEFAULTS``."""
+
+    workers: int | None
+    max_workers: int | None  # the standard library's name for workers
+    backend: str | BackendFactory
+    initializer: Callable[..., object] | None
+    initargs: tuple[Any, ...]
+    start_method: str | None
+    max_tasks_per_worker: int | None
+    client: Any
+    address: str | None
+
+
+DEFAULTS: dict[str, Any] = {
+    "workers": None,
+    "max_workers": None,
+    "backend": "auto",
+    "chunksize": None,
+    "window": None,
+    "initializer": None,
+    "initargs": (),
+    "progress": False,
+    "start_method": None,
+    "max_tasks_per_worker": None,
+    "task_timeout": None,
+    "timeout": None,
+    "retries": 0,
+    "retry_on": None,
+    "backoff": 0.0,
+    "max_crashes": DEFAULT_POLICY.max_crashes,
+    "journal": None,
+    "key": None,
+    "retry_failed": False,
+    "client": None,
+    "address": None,
+}
+RUN_NAMES = tuple(RunArgs.__annotations__)  # what Pool.imap takes (the pool fixes the others)
+TIMEOUT_NAMES = ("task_timeout", "timeout")
+
+
+def checked(
+    where: str, options: Mapping[str, Any], allowed: tuple[str, ...] | None = None, *, defaults: bool = True
+) -> dict[str, Any]:
+    """``options`` with the defaults filled in (unless not ``defaults``), once
+    every name is known (``allowed``, by default every option's): an unknown
+    one is a ``TypeError`` naming ``where`` (the public function) and the
+    nearest option. ``timeout``, the old name of ``task_timeout``, still
+    works, with a ``DeprecationWarning``; ``max_workers`` is ``workers``."""
+    names = tuple(DEFAULTS) if allowed is None else allowed
+    for name in options:
+        if name not in names:
+            near = difflib.get_close_matches(name, names, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise TypeError(f"{where}() got an unexpected keyword argument {name!r}{hint}")
+    values = ({name: DEFAULTS[name] for name in names} if defaults else {}) | dict(options)
+    if values.get("timeout") is not None:
+        if values.get("task_timeout") is not None:
+            raise TypeError(f"{where}(): give task_timeout, not both it and timeout (its old name)")
+        warnings.warn(
+            f"{where}(timeout=) is now spelt task_timeout= (timeout keeps the standard library's meaning "
+            "of a bound on waiting, as in Pool.map); timeout= will stop working in the next release",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        values["task_timeout"] = values["timeout"]
+    values.pop("timeout", None)
+    if values.get("max_workers") is not None:
+        if values.get("workers") is not None:
+            raise TypeError(f"{where}(): give workers or max_workers (the standard library's name), not both")
+        values["workers"] = values["max_workers"]
+    values.pop("max_workers", None)
+    return values
 
 
 def usable_cpus() -> int:
@@ -94,18 +206,18 @@ def positive_int(value: object, name: str, *, message: str | None = None) -> int
 
 
 def make_policy(
-    timeout: float | None = None,
+    task_timeout: float | None = None,
     retries: int = 0,
     retry_on: RetryOn | None = None,
     backoff: float = 0.0,
     max_crashes: int = DEFAULT_POLICY.max_crashes,
 ) -> Policy:
     """The failure policy these options describe, checked."""
-    if timeout is not None:
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-            raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
-        if not timeout > 0 or math.isinf(timeout):
-            raise ValueError(f"timeout must be a positive, finite number of seconds, not {timeout!r}")
+    if task_timeout is not None:
+        if isinstance(task_timeout, bool) or not isinstance(task_timeout, int | float):
+            raise TypeError(f"task_timeout must be a number of seconds or None, not {type(task_timeout).__name__}")
+        if not task_timeout > 0 or math.isinf(task_timeout):
+            raise ValueError(f"task_timeout must be a positive, finite number of seconds, not {task_timeout!r}")
     if isinstance(retries, bool) or not isinstance(retries, int):
         raise TypeError(f"retries must be an int, not {type(retries).__name__}")
     if retries < 0:
@@ -113,7 +225,7 @@ def make_policy(
     if isinstance(backoff, bool) or not isinstance(backoff, int | float) or not 0 <= backoff < math.inf:
         raise ValueError(f"backoff must be a non-negative number of seconds, not {backoff!r}")
     positive_int(max_crashes, "max_crashes")
-    return Policy(timeout, retries, _retry_predicate(retry_on), float(backoff), max_crashes)
+    return Policy(task_timeout, retries, _retry_predicate(retry_on), float(backoff), max_crashes)
 
 
 def _retry_predicate(retry_on: RetryOn | None) -> Callable[[BaseException], bool]:
@@ -155,8 +267,12 @@ class RunOptions:
             positive_int(self.window, "window")
         if self.on_error not in ("raise", "return", "skip"):
             raise ValueError(f"on_error must be 'raise', 'return' or 'skip', not {self.on_error!r}")
-        if not isinstance(self.progress, bool) and not callable(self.progress):
-            raise TypeError(f"progress must be True, False or a callable, not {type(self.progress).__name__}")
+        if isinstance(self.progress, Mapping):
+            if not all(isinstance(name, str) for name in self.progress):
+                raise TypeError("progress's options must be named by strings (tqdm's keyword arguments)")
+        elif not isinstance(self.progress, bool) and not callable(self.progress):
+            kind = type(self.progress).__name__
+            raise TypeError(f"progress must be True, False, a dict of tqdm's options or a callable, not {kind}")
         if self.key is not None and not callable(self.key):
             raise TypeError(f"key must be a callable (item -> str or int), not {type(self.key).__name__}")
         if (self.key is not None or self.retry_failed) and self.journal is None:

@@ -30,19 +30,35 @@ import signal
 import sys
 import threading
 import time
+import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from parcelout._core._batcher import CLUSTER_TARGET_SECONDS, TARGET_SECONDS
 from parcelout._core._engine import BackendFactory, Engine
 from parcelout._core._messages import DEFAULT_POLICY, Batch, BatchResult, Call, Policy, Shutdown, Submitted
 from parcelout._core._scheduler import Scheduler
 from parcelout._journal import Journal
-from parcelout._options import CLUSTER_BACKENDS, PoolOptions, RetryOn, RunOptions, make_policy, positive_int
+from parcelout._options import (
+    BACKEND_NAMES,
+    CLUSTER_BACKENDS,
+    POLICY_OPTION_NAMES,
+    RUN_NAMES,
+    TIMEOUT_NAMES,
+    OnError,
+    PoolOptions,
+    RetryOn,
+    RunArgs,
+    RunOptions,
+    checked,
+    make_policy,
+    positive_int,
+)
 from parcelout._stream import EngineLane, InlineLane, Lane, drive
+from parcelout.backends._base import apply_chunk
 from parcelout.errors import BrokenPool, InitializerFailed
 
 if TYPE_CHECKING:
@@ -55,7 +71,7 @@ _live: weakref.WeakSet[Pool] = weakref.WeakSet()
 _exiting = False  # set once the interpreter has begun to exit: no new work
 _log = logging.getLogger("concurrent.futures")  # where the standard executors log a failing callback
 _SERIAL_TIMEOUT = (
-    "timeout needs thread or process workers: the serial backend runs each item in the calling thread, "
+    "task_timeout needs thread or process workers: the serial backend runs each item in the calling thread, "
     "which cannot be stopped"
 )
 
@@ -71,18 +87,23 @@ class Pool(Executor):
         workers: how many workers (default: the usable CPUs; for threads, as
             ``ThreadPoolExecutor``, ``min(32, cpus + 4)``). ``max_workers`` is
             the same option under the standard library's name.
-        backend: ``"process"``, ``"thread"``, ``"serial"``, ``"auto"`` (for
-            now: process), or a backend factory ``report -> Backend``.
+        backend: ``"process"`` (the default), ``"thread"``, ``"serial"``,
+            ``"dask"``, ``"ray"``, or a backend factory ``report -> Backend``.
+            (A pool cannot measure a function it has not seen, so
+            ``"auto"`` is not offered here: it means ``"process"``, with a
+            ``DeprecationWarning``.)
         initializer: called as ``initializer(*initargs)`` once in each worker.
         start_method: ``"forkserver"`` (default where available), ``"spawn"``
             or ``"fork"``; ``mp_context`` takes a multiprocessing context.
         max_tasks_per_worker: replace a worker after it has run this many items
             (``max_tasks_per_child`` is the standard library's name).
         thread_name_prefix: names the worker threads.
-        timeout: seconds an item (a submitted call, or one item of a map) may
-            run; past it, its process worker is stopped, or its thread
-            abandoned, and it fails with ``TaskTimeout``. Not with serial.
-        retries: run a failed item (error, crash or timeout) up to this many
+        task_timeout: seconds an item (a submitted call, or one item of a
+            map) may run; past it, its process worker is stopped, or its
+            thread abandoned, and it fails with ``TaskTimeout``. Not with
+            serial. (``timeout``, its old name, still works, with a
+            ``DeprecationWarning``.)
+        retries: run a failed item (error, crash or task timeout) up to this many
             more times; ``retry_on`` (exception types or a predicate) narrows
             which failures, ``backoff`` waits ``backoff * 2 ** (n - 1)``
             seconds before the n-th retry.
@@ -102,7 +123,7 @@ class Pool(Executor):
     def __init__(
         self,
         workers: int | None = None,
-        backend: str | BackendFactory = "auto",
+        backend: str | BackendFactory = "process",
         *,
         max_workers: int | None = None,
         initializer: Callable[..., object] | None = None,
@@ -112,17 +133,22 @@ class Pool(Executor):
         max_tasks_per_worker: int | None = None,
         max_tasks_per_child: int | None = None,
         thread_name_prefix: str = "",
-        timeout: float | None = None,
+        task_timeout: float | None = None,
         retries: int = 0,
         retry_on: RetryOn | None = None,
         backoff: float = 0.0,
         max_crashes: int = DEFAULT_POLICY.max_crashes,
         client: Any = None,
         address: str | None = None,
+        timeout: float | None = None,
     ) -> None:
         _refuse_in_a_starting_worker()
         if workers is not None and max_workers is not None:
             raise TypeError("give workers or max_workers, not both")
+        backend = _pool_backend(backend)
+        task_timeout = checked("Pool", {"task_timeout": task_timeout, "timeout": timeout}, TIMEOUT_NAMES)[
+            "task_timeout"
+        ]
         if max_tasks_per_worker is not None and max_tasks_per_child is not None:
             raise TypeError("give max_tasks_per_worker or max_tasks_per_child, not both")
         options = PoolOptions(
@@ -139,14 +165,14 @@ class Pool(Executor):
             address=address,
         )
         self._policy_args: dict[str, Any] = {
-            "timeout": timeout,
+            "task_timeout": task_timeout,
             "retries": retries,
             "retry_on": retry_on,
             "backoff": backoff,
             "max_crashes": max_crashes,
         }
         self._policy = make_policy(**self._policy_args)
-        if options.kind == "serial" and timeout is not None:
+        if options.kind == "serial" and task_timeout is not None:
             raise ValueError(_SERIAL_TIMEOUT)
         self._options = options
         self._kind = options.kind
@@ -237,7 +263,8 @@ class Pool(Executor):
         chunks = iter(lambda: list(itertools.islice(args, chunksize)), [])
         first = chunks if buffersize is None else itertools.islice(chunks, buffersize)
         starts = itertools.count(0, chunksize)
-        futures = deque((self.submit(_apply_chunk, fn, chunk), next(starts), len(chunk)) for chunk in first)
+        apply = functools.partial(apply_chunk, fn)  # fn within the call's function: a worker locates its code
+        futures = deque((self.submit(apply, chunk), next(starts), len(chunk)) for chunk in first)
         more = zip(chunks, starts) if buffersize else None
         return _results(futures, end, more, weakref.ref(self), fn)
 
@@ -272,49 +299,28 @@ class Pool(Executor):
 
     # ------------------------------------------------------------ lazy maps
     def imap(
-        self,
-        fn: Callable[[T], R],
-        items: Iterable[T],
-        *,
-        chunksize: int | None = None,
-        window: int | None = None,
-        on_error: str = "raise",
-        progress: Any = False,
-        journal: str | os.PathLike[str] | Journal | None = None,
-        key: Callable[[T], str | int] | None = None,
-        retry_failed: bool = False,
-        _ordered: bool = True,
-        **policy: Any,
+        self, fn: Callable[..., R], items: Iterable[Any], /, *, on_error: OnError = "raise", **options: Unpack[RunArgs]
     ) -> Generator[Any, None, None]:
         """Results of ``fn`` over ``items`` in input order, lazily (see ``parcelout.imap``).
 
-        ``timeout``, ``retries``, ``retry_on``, ``backoff`` and ``max_crashes``
-        default to the pool's; ``journal``, ``key`` and ``retry_failed`` as
-        for ``parcelout.imap``.
+        Takes ``parcelout.imap``'s options but those that make up the pool;
+        ``task_timeout``, ``retries``, ``retry_on``, ``backoff`` and
+        ``max_crashes`` default to the pool's.
         """
-        options = RunOptions(
-            chunksize,
-            window,
-            on_error,  # type: ignore[arg-type]
-            progress,
-            self._policy_for(policy),
-            Journal.of(journal),
-            key,
-            retry_failed,
-        )
-        return self._stream(fn, items, options, ordered=_ordered)
+        return self._stream(fn, items, self._run_options("imap", on_error, options), ordered=True)
 
-    def imap_unordered(self, fn: Callable[[T], R], items: Iterable[T], **options: Any) -> Generator[Any, None, None]:
+    def imap_unordered(
+        self, fn: Callable[..., R], items: Iterable[Any], /, *, on_error: OnError = "raise", **options: Unpack[RunArgs]
+    ) -> Generator[Any, None, None]:
         """As ``imap`` (the same options), in the order the results complete."""
-        return self.imap(fn, items, _ordered=False, **options)
+        return self._stream(fn, items, self._run_options("imap_unordered", on_error, options), ordered=False)
 
-    def _policy_for(self, overrides: dict[str, Any]) -> Policy:
-        unknown = set(overrides) - set(self._policy_args)
-        if unknown:
-            raise TypeError(f"unexpected keyword argument {sorted(unknown)[0]!r}")
-        if not overrides:
-            return self._policy
-        return make_policy(**{**self._policy_args, **overrides})
+    def _run_options(self, where: str, on_error: OnError, options: RunArgs) -> RunOptions:
+        given = checked(f"Pool.{where}", options, RUN_NAMES, defaults=False)
+        values = checked(f"Pool.{where}", {**self._policy_args, **given}, RUN_NAMES)  # the pool's, unless given
+        policy = make_policy(**{name: values[name] for name in POLICY_OPTION_NAMES})
+        run = (values["chunksize"], values["window"], on_error, values["progress"], policy)
+        return RunOptions(*run, Journal.of(values["journal"]), values["key"], values["retry_failed"])
 
     def _stream(
         self, fn: Callable[..., Any], items: Iterable[Any], options: RunOptions, ordered: bool
@@ -377,6 +383,23 @@ class Pool(Executor):
                 future.set_result(result.values[0])
         except InvalidStateError:  # cancelled by its owner meanwhile
             pass
+
+    def terminate(self) -> None:
+        """Stop now: cancel the futures not yet running, fail the running ones
+        with ``CancelledError`` (their process workers are killed; a thread
+        that runs an item cannot be stopped and is abandoned), and return once
+        the process workers are gone. As ``multiprocessing.Pool.terminate`` and Python
+        3.14's ``ProcessPoolExecutor.terminate_workers``."""
+        self._terminate(wait=True)
+
+    def terminate_workers(self) -> None:
+        """Python 3.14's name for ``terminate``."""
+        self._terminate(wait=True)
+
+    def kill_workers(self) -> None:
+        """Python 3.14's name for stopping the workers at once: ``terminate``
+        (process workers are killed with ``SIGKILL`` either way)."""
+        self._terminate(wait=True)
 
     def _terminate(self, wait: bool) -> None:
         """Stop now: drop pending work and kill the running items' workers."""
@@ -465,13 +488,33 @@ def _refuse_in_a_starting_worker() -> None:
         raise SystemExit(1)
 
 
+def _pool_backend(backend: Any) -> Any:
+    """``Pool``'s backend, checked for the standard executors' second
+    arguments (a pool is not measured: "auto" means processes)."""
+    if isinstance(backend, multiprocessing.context.BaseContext):
+        raise TypeError(
+            "Pool's second argument is the backend; pass mp_context=, or use parcelout.ProcessPoolExecutor, "
+            "which takes ProcessPoolExecutor's arguments in their order"
+        )
+    if backend == "auto":
+        warnings.warn(
+            'Pool(backend="auto") means process workers: a pool cannot measure a function it has not seen; '
+            'say backend="process" (the default)',
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return "process"
+    if isinstance(backend, str) and backend not in BACKEND_NAMES:
+        raise ValueError(
+            f"backend must be one of {', '.join(BACKEND_NAMES[1:])}, not {backend!r} (Pool's second argument is the "
+            "backend; parcelout.ThreadPoolExecutor takes ThreadPoolExecutor's arguments in their order)"
+        )
+    return backend
+
+
 def check_callable(fn: object) -> None:
     if not callable(fn):
         raise TypeError(f"fn must be callable, not {type(fn).__name__}: {fn!r}")
-
-
-def _apply_chunk(fn: Callable[..., R], chunk: list[tuple[Any, ...]]) -> list[R]:
-    return [fn(*args) for args in chunk]
 
 
 def _run_inline(
@@ -505,7 +548,7 @@ def _results(
         while futures:
             if more is not None and (owner := pool()) is not None and (next_chunk := next(more, None)):
                 chunk, start = next_chunk
-                futures.append((owner.submit(_apply_chunk, fn, chunk), start, len(chunk)))
+                futures.append((owner.submit(functools.partial(apply_chunk, fn), chunk), start, len(chunk)))
                 del owner
             future, start, size = futures.popleft()
             try:

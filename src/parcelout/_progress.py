@@ -3,25 +3,40 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from parcelout._options import ProgressSpec
 
+BAR_DEFAULTS: dict[str, Any] = {"unit": "item", "dynamic_ncols": True, "smoothing": 0.1}
+
 
 class Progress:
-    """Counts finished items; ``spec`` True draws a bar, a callable gets
-    ``(done, total)`` after each batch (``total`` None when the input has no
-    length)."""
+    """Counts finished items; ``spec`` True draws a bar, a dict of tqdm's
+    options draws one made with them (``tqdm_class`` chooses the class, as in
+    ``tqdm.contrib.concurrent``; ``total`` gives one for input of unknown
+    length), a callable gets ``(done, total)`` after each batch (``total``
+    None when the input has no length)."""
 
     def __init__(self, spec: ProgressSpec, total: int | None) -> None:
         self._done = 0
         self._total = total
-        self._callback = spec if callable(spec) else None
+        self._callback = spec if callable(spec) and not isinstance(spec, Mapping) else None
         self._bar: Any = None
-        if spec is True:
-            from tqdm.auto import tqdm
+        if spec is True or isinstance(spec, Mapping):
+            options = {
+                **BAR_DEFAULTS,
+                "file": sys.stderr,
+                "total": total,
+                **(spec if isinstance(spec, Mapping) else {}),
+            }
+            make = options.pop("tqdm_class", None)
+            if make is None:
+                from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, file=sys.stderr, unit="item", dynamic_ncols=True, smoothing=0.1)
+                make = tqdm
+            self._bar = make(**options)
+            self._total = self._bar.total
 
     def advance(self, n: int) -> None:
         self._done += n

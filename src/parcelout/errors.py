@@ -114,7 +114,12 @@ class BrokenPool(BrokenProcessPool, BrokenThreadPool):
     parcelout's own dispatcher thread failed. Every waiting future gets it."""
 
 
-class InitializerFailed(BrokenPool):
+class StartupFailed(BrokenPool):
+    """Workers die as they start, again and again (before their first
+    item): the pool takes no more work."""
+
+
+class InitializerFailed(StartupFailed):
     """A worker's ``initializer`` raised; the pool takes no more work."""
 
 

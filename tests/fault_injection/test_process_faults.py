@@ -104,7 +104,7 @@ def test_a_batch_too_large_for_the_worker_kills_it_with_a_reason_and_fails_as_a_
     items = [b"x" * i for i in range(N)]
     items[CULPRIT] = bytes(256 * 2**20)
     with closing(
-        parcelout.Pool(2, "process", initializer=faults.limit_address_space, initargs=(64 * 2**20,), timeout=30)
+        parcelout.Pool(2, "process", initializer=faults.limit_address_space, initargs=(64 * 2**20,), task_timeout=30)
     ) as pool:
         by_index = account(pool.imap(len, items, chunksize=1, on_error="return"), N, lambda i: i)
         failure = expect(by_index, lambda i: i, {CULPRIT: ("crash", WorkerCrashed)})[CULPRIT]
@@ -255,7 +255,7 @@ def test_what_an_item_started_dies_with_its_worker(how: str, tmp_path: Path) -> 
     mode = {"timed-out": "block", "crashed": "exit", "returned": "return", "ctrl-c-in-the-with-block": "block"}[how]
     fn = functools.partial(faults.sleeper_then, str(tmp_path), mode)
     interrupted = pytest.raises(KeyboardInterrupt) if how == "ctrl-c-in-the-with-block" else contextlib.nullcontext()
-    with interrupted, parcelout.Pool(1, "process", timeout=0.5 if how == "timed-out" else None) as pool:
+    with interrupted, parcelout.Pool(1, "process", task_timeout=0.5 if how == "timed-out" else None) as pool:
         future = pool.submit(fn, 0)
         worker, grandchild = pids_written(tmp_path)
         if how == "ctrl-c-in-the-with-block":

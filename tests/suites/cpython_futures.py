@@ -79,7 +79,7 @@ PROLOGUE = (
 
 
 def substitute() -> None:
-    concurrent.futures.ThreadPoolExecutor = parcelout.ThreadPoolExecutor  # type: ignore[assignment,misc]
+    concurrent.futures.ThreadPoolExecutor = parcelout.ThreadPoolExecutor  # type: ignore[misc]
     concurrent.futures.ProcessPoolExecutor = parcelout.ProcessPoolExecutor  # type: ignore[assignment,misc]
     from test.support import script_helper
 

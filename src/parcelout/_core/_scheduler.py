@@ -63,7 +63,7 @@ from parcelout._core._messages import (
     Tick,
     WorkerExited,
 )
-from parcelout.errors import InitializerFailed, TaskTimeout, WorkerCrashed, describe_item
+from parcelout.errors import InitializerFailed, StartupFailed, TaskTimeout, WorkerCrashed, describe_item
 
 # A worker that dies before it is ready by itself (an exit, a crash) this many
 # times in a row, with no batch finished between them, is a broken setup.
@@ -370,12 +370,19 @@ class Scheduler:
 
     def _on_init_failed(self, worker_id: int, error: BaseException, out: list[Instruction]) -> None:
         reason = f"a worker's initializer raised {type(error).__name__}: {error}"
-        self._break(reason, error, self._workers.get(worker_id), out)
+        self._break(reason, error, self._workers.get(worker_id), out, kind=InitializerFailed)
 
-    def _break(self, reason: str, cause: BaseException, worker: _Worker | None, out: list[Instruction]) -> None:
+    def _break(
+        self,
+        reason: str,
+        cause: BaseException,
+        worker: _Worker | None,
+        out: list[Instruction],
+        kind: type[StartupFailed] = StartupFailed,
+    ) -> None:
         """The pool cannot start workers: fail what waits and take no more work."""
         if self.broken is None:
-            broken = InitializerFailed(f"{reason}; the pool takes no more work")
+            broken = kind(f"{reason}; the pool takes no more work")
             broken.__cause__ = cause
             self.broken = broken
         for batch in [*self.pending, *(worker.inflight if worker else ())]:

@@ -7,7 +7,7 @@ This module imports nothing heavy: the child process imports it first.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 
@@ -70,3 +70,27 @@ def run_batch(
     if slot is not None:
         slot[1] = -1
     return values, errors, time.perf_counter() - start
+
+
+class Star:
+    """``fn`` applied to the elements of each item: ``fn(*item)`` (``starmap``,
+    and ``map`` over several iterables). Defined beside ``run_batch``, whose
+    frames a worker's traceback leaves out, so the user's function comes
+    first there too."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, args: Iterable[Any]) -> Any:
+        return self.fn(*args)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Star, (self.fn,))
+
+
+def apply_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
+    """``Executor.map``'s chunk: ``fn(*args)`` for each ``args``, in one call
+    (here, where a worker's traceback leaves parcelout's frames out)."""
+    return [fn(*args) for args in chunk]

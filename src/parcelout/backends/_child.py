@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import faulthandler
+import functools
 import importlib.util
 import os
 import pickle
@@ -57,7 +58,7 @@ from typing import Any, NoReturn
 import cloudpickle
 
 from parcelout.backends import _wire as wire
-from parcelout.backends._base import Slot, run_batch
+from parcelout.backends._base import Slot, Star, run_batch
 
 STOP = b"stop"
 # The functions a worker keeps; the parent, knowing which it sent, forgets them alike.
@@ -374,7 +375,19 @@ _DYNAMIC = "<dynamic-code>"  # the file name cloudpickle gives the code it carri
 def _locate(fn: object) -> None:
     """Give a function that travelled by value (cloudpickle drops the file
     name of its code) its file back, so that its tracebacks show the
-    script's path and source lines, as ``ProcessPoolExecutor``'s do."""
+    script's path and source lines, as ``ProcessPoolExecutor``'s do. Looks
+    through what wraps the user's function: a bound method, a
+    ``functools.partial`` (and the functions among its arguments, as
+    ``Pool.map`` sends them) and ``starmap``'s ``Star``."""
+    if isinstance(fn, functools.partial):
+        for part in (fn.func, *fn.args):
+            if callable(part):
+                _locate(part)
+        return
+    if isinstance(fn, Star):
+        _locate(fn.fn)
+        return
+    fn = getattr(fn, "__func__", fn)  # a bound method: its function carries the code
     code = getattr(fn, "__code__", None)
     if not isinstance(code, types.CodeType) or code.co_filename != _DYNAMIC:
         return
