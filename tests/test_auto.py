@@ -134,7 +134,7 @@ def test_a_timeout_chooses_process_workers_without_measuring() -> None:
         calls.append(x)
         return x
 
-    plan = parcelout.explain(record, range(100), timeout=5)
+    plan = parcelout.explain(record, range(100), task_timeout=5)
     assert plan.backend == "process"
     assert calls == []
 
@@ -256,7 +256,9 @@ def test_a_long_first_item_does_not_hold_up_the_choice_or_the_rest(fn: Any, back
     first_saw_interval.clear()
     interval = sys.getswitchinterval()
     plans: list[parcelout.Plan] = []
-    outcomes = _batches(fn, range(60), ordered=False, _on_plan=plans.append)
+    outcomes = _batches(
+        fn, range(60), ordered=False, on_error="raise", where="imap_unordered", options={}, on_plan=plans.append
+    )
     seen: list[int] = []
     try:
         for batch in outcomes:

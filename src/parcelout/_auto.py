@@ -22,135 +22,74 @@ The measured items are not wasted: their results are yielded in their place.
 With a ``timeout`` nothing is measured in this process (an item here could not
 be stopped): the choice is ``process``.
 
-``AutoLane`` is a lane (see ``_stream``) that measures the stream's first
-batches and then hands everything to the lane it chose.
+Three parts, kept apart:
+
+* the sampler (here: ``_Runner``, ``AutoLane._serve`` and the probe's
+  stretches) reads clocks, run queues and sleep counts, and decides nothing;
+* ``Measurer`` adds the readings up (``Samples``) and asks
+  ``_auto_decide.decide``, the pure decision, passing it the machine
+  (``usable_cpus()``, ``free_threaded()``) and the pickling cost, timed here
+  once processes come into question;
+* ``AutoLane``, a lane (see ``_stream``) that runs the stream's first
+  batches on the measuring threads and then hands everything to the lane
+  it chose. It lowers the switch interval through ``_settings``, the one
+  owner of that process-wide setting.
 """
 
 from __future__ import annotations
 
-import math
 import pickle
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
 
+from parcelout._auto_decide import (
+    BUSY_SWITCH_INTERVAL,
+    PICKLE_TRIALS,
+    PROBE_SECONDS,
+    RUNNING_LOOK_SECONDS,
+    SERIAL_BUDGET,
+    TINY_SECONDS,
+    Continue,
+    Decision,
+    Measurements,
+    PickleCost,
+    Plan,
+    Probe,
+    ProbeReading,
+    ProbeSums,
+    Samples,
+    batch_size,
+    decide,
+    probe_done,
+    probe_reading,
+)
 from parcelout._core._batcher import TARGET_SECONDS
 from parcelout._core._messages import Batch, BatchResult, Call, Policy
 from parcelout._options import usable_cpus
+from parcelout._settings import SwitchIntervalHold, lower_switch_interval
 from parcelout._stream import InlineLane, Lane
 
-# Below this per-item time, workers cost more than they save.
-TINY_SECONDS = 10e-6
-# Time the first items take on one measuring thread before the probe.
-SERIAL_BUDGET = 0.005
-MAX_SAMPLES = 10_000
-# This many items under TINY_SECONDS each are enough to call the work tiny.
-TINY_SAMPLES = 200
-# A batch of at least this many items says how fast an item can run: its
-# fixed cost is spread thin. A pause (the machine lent to another process)
-# only ever makes a batch slower, so the fastest such batch is the one to trust.
-TELLING_BATCH = 32
-# Pickling is timed this many times; the fastest is the cost (see TELLING_BATCH).
-PICKLE_TRIALS = 3
-# An item that took this long and mostly waited says enough on its own.
-TELLING_SECONDS = 0.001
-# A batch still running is looked at after this long: if it has spent under
-# this fraction on a CPU so far, the work waits.
-RUNNING_LOOK_SECONDS = 0.002
-RUNNING_WAITING_CPU_FRACTION = 0.2
-# Below this fraction of CPU time per wall time, the work waits.
-WAITING_CPU_FRACTION = 0.5
-# Two threads that ran at least this many at a time (by their CPU clocks): the
-# function releases the GIL. Threads taking turns at the GIL run 1.00 at a time;
-# a GIL-free function 1.9 or more on an idle machine, down to 1.0 on a shared
-# one whose host lends it fewer CPUs for a moment.
-GIL_FREE_SPEEDUP = 1.5
-# Threads taking turns at the GIL sleep about once per switch interval; GIL-free
-# ones hardly sleep. Two threads that ran at least MAYBE_GIL_FREE_SPEEDUP at a
-# time and slept less than this per switch interval release the GIL.
-GIL_WAITS_PER_INTERVAL = 0.5
-MAYBE_GIL_FREE_SPEEDUP = 1.15
-# Threads that ran about one at a time yet hardly slept (a busy machine, for a
-# GIL-holding function or a GIL-free one) are probed for up to this long.
-MAX_PROBE_SECONDS = 0.06
-# Fewer items left than this are not worth a probe (nor workers).
-MIN_PROBE_ITEMS = 4
-# The probe lasts this long while both measuring threads run.
-PROBE_SECONDS = 0.02
-# A probe cut shorter than this (the input ran out) tells nothing.
-MIN_PROBE_SECONDS = 0.002
-# A GIL-bound run shorter than this (estimated, serial) stays serial: starting
-# process workers and shipping the function costs about this much.
-PROCESS_WORTH_SECONDS = 0.15
-MAX_THREADS = 32
-# While two measuring threads may take turns at the GIL (the probe), and while a
-# measured item that holds it runs on after the choice of processes, the other
-# threads here take the GIL back this often: at the interpreter's default,
-# 5 ms per hand-over, the calling thread would judge late and the pool's own
-# threads would starve its workers.
-BUSY_SWITCH_INTERVAL = 0.0005
+__all__ = [
+    "BUSY_SWITCH_INTERVAL",
+    "LIVE",
+    "TINY_SECONDS",
+    "AutoLane",
+    "Measurements",
+    "Measurer",
+    "Plan",
+    "free_threaded",
+    "time_pickling",
+    "usable_cpus",
+]
 
 
-@dataclass(frozen=True)
-class Measurements:
-    """What the first items showed."""
-
-    items: int
-    seconds_per_item: float
-    cpu_fraction: float
-    parallel_speedup: float | None  # how many of two threads ran it at a time
-    gil_waits: float | None  # how often those threads slept, per switch interval
-    pickle_seconds_per_item: float | None
-    free_threaded: bool
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The choice ``backend="auto"`` made, and why.
-
-    ``chunksize`` is the batch size to start from (it adapts as the run goes);
-    None for ``serial``.
-    """
-
-    backend: str
-    workers: int
-    chunksize: int | None
-    reason: str
-    measurements: Measurements
-
-    def __str__(self) -> str:
-        m = self.measurements
-        lines = [
-            f"backend={self.backend} workers={self.workers} chunksize={self.chunksize or '-'}",
-            f"  because {self.reason}",
-            f"  measured {m.items} item(s): {_seconds(m.seconds_per_item)} per item, "
-            f"{m.cpu_fraction:.0%} of the time on the CPU",
-        ]
-        if m.parallel_speedup is not None:
-            lines.append(f"  on two threads it ran {m.parallel_speedup:.2f} at a time")
-        if m.gil_waits is not None:
-            lines.append(f"  those threads slept {m.gil_waits:.2f} times per GIL switch interval")
-        if m.pickle_seconds_per_item is not None:
-            lines.append(f"  pickling an item and its result takes {_seconds(m.pickle_seconds_per_item)}")
-        if m.free_threaded:
-            lines.append("  the interpreter runs without a GIL")
-        return "\n".join(lines)
-
-
-def _seconds(s: float) -> str:
-    if s < 1e-3:
-        return f"{s * 1e6:.1f} us"
-    if s < 1:
-        return f"{s * 1e3:.1f} ms"
-    return f"{s:.2f} s"
-
-
+# ---------------------------------------------------------------- the sampler's clocks
 def _queued_seconds(native_id: int) -> float:
     """Seconds a thread has waited in the kernel's run queue for a CPU (Linux
     schedstat; 0 elsewhere): on a busy machine, time it would have run."""
@@ -195,187 +134,17 @@ def free_threaded() -> bool:
     return is_enabled is not None and not is_enabled()
 
 
-class Measurer:
-    """Decides from the timings ``AutoLane`` hands it (under its lock)."""
-
-    def __init__(self, fn: Callable[..., Any], total: int | None, workers: int | None) -> None:
-        self._fn = fn
-        self._total = total
-        self._workers = workers
-        self._count = 0  # items finished on the first measuring thread, before the probe
-        self._wall = 0.0
-        self._cpu = 0.0
-        self._running = 0.0  # wall time of the batch still running there, when it decided
-        self._running_cpu = 0.0
-        self._running_items = 0  # items of it finished then (at least 1: it counts as one)
-        self._fastest = math.inf  # seconds per item of the fastest batch of TELLING_BATCH or more
-        self._probed = 0  # items finished from the probe on
-        self._speedup: float | None = None
-        self._gil_waits: float | None = None
-        self._pickle: float | None = None
-        self._sample: tuple[object, object] | None = None  # an item and its result
-        self._pickle_failed = False
-        self.plan: Plan | None = None
-        self.probing = False
-
-    @property
-    def measured(self) -> int:
-        return self._count + self._probed
-
-    @property
-    def serial_wall(self) -> float:
-        return self._wall
-
-    def wanted(self) -> int:
-        """How many items a batch should hold while measuring: doubling on one
-        thread; about ``PROBE_SECONDS`` of them for each of two when probing."""
-        if self.probing:
-            return min(1000, max(2, math.ceil(PROBE_SECONDS / max(self._per_item(), 1e-9))))
-        return min(1000, max(1, self._count))
-
-    def finished(self, count: int, wall: float, cpu: float, sample: tuple[object, object] | None) -> None:
-        """A measuring thread finished ``count`` items in ``wall`` seconds, ``cpu``
-        of them on a CPU (or waiting for one); decide once that is enough."""
-        if self._sample is None:
-            self._sample = sample  # pickled only if processes come into question
-        if self.probing or self._speedup is not None:
-            self._probed += count
-            return
-        self._count += count
-        self._wall += wall
-        self._cpu += cpu
-        if count >= TELLING_BATCH:
-            self._fastest = min(self._fastest, wall / count)
-        self._running = self._running_cpu = 0.0
-        self._running_items = 0
-        waiting = wall >= TELLING_SECONDS and cpu < WAITING_CPU_FRACTION * wall
-        tiny = self._count >= TINY_SAMPLES and self._tiny()
-        if self._wall >= SERIAL_BUDGET or self._count >= MAX_SAMPLES or waiting or tiny:
-            self._after_serial()
-
-    def running(self, wall: float, cpu: float, items: int) -> None:
-        """The first measuring thread's batch has run ``wall`` seconds so far,
-        ``cpu`` of them on a CPU, and finished ``items`` of its items: decide
-        now if that tells (it waits, or the time to measure one thread is
-        up), without waiting for the batch to end."""
-        if self.plan is not None or self.probing:
-            return
-        waiting = wall >= TELLING_SECONDS and cpu < RUNNING_WAITING_CPU_FRACTION * wall
-        if waiting or self._wall + wall >= SERIAL_BUDGET:
-            self._running, self._running_cpu, self._running_items = wall, cpu, max(1, items)
-            self._after_serial()
-
-    def probed(self, speedup: float | None, gil_waits: float | None) -> None:
-        """Two threads ran it at once, ``speedup`` at a time (None: too briefly
-        to tell), sleeping ``gil_waits`` times per switch interval (None: unknown)."""
-        self._speedup, self._gil_waits = speedup, gil_waits
-        self.probing = False
-        self._decide_compute()
-
-    def finish(self) -> Plan:
-        """Decide with what was measured (the input ended first)."""
-        if self.plan is None:
-            if not self._count and not self._running:
-                self._set("serial", 1, "there was nothing to measure")
-            elif self.probing or self._speedup is None:
-                self._after_serial(final=True)
-            else:
-                self._decide_compute()
-        assert self.plan is not None
-        return self.plan
-
-    # ------------------------------------------------------------ decisions
-    def _per_item(self) -> float:
-        """Seconds per item on one thread; a batch still running counts as one item."""
-        return (self._wall + self._running) / max(1, self._count + self._running_items)
-
-    def _tiny(self) -> bool:
-        """Whether items take under TINY_SECONDS: all of them on average, or
-        those of the fastest telling batch (the others may have been paused)."""
-        return self._per_item() < TINY_SECONDS or self._fastest < TINY_SECONDS
-
-    def _cpu_fraction(self) -> float:
-        wall = self._wall + self._running
-        return min(1.0, (self._cpu + self._running_cpu) / wall) if wall > 0 else 1.0
-
-    def _remaining_items(self) -> float:
-        return math.inf if self._total is None else self._total - self.measured
-
-    def _remaining_seconds(self) -> float:
-        if self._total is None:
-            return math.inf
-        return max(0, self._total - self.measured) * self._per_item()
-
-    def _after_serial(self, final: bool = False) -> None:
-        per, cpu = self._per_item(), self._cpu_fraction()
-        cpus = usable_cpus()
-        if self._tiny():
-            fastest = min(per, self._fastest)
-            self._set("serial", 1, f"items take {_seconds(fastest)}: a worker would cost more than it saves")
-        elif cpu < WAITING_CPU_FRACTION:
-            # An item still running will have spent an even smaller share on a
-            # CPU by its end: then as many threads as allowed.
-            wanted = MAX_THREADS if self._running else math.ceil(cpus / max(cpu, 1 / MAX_THREADS))
-            self._set("thread", min(MAX_THREADS, max(cpus, wanted)), f"items wait ({cpu:.0%} of their time on a CPU)")
-        elif free_threaded():
-            self._set("thread", cpus, "the interpreter has no GIL, so threads compute in parallel")
-        elif cpus < 2:
-            self._set("serial", 1, "only one CPU is usable and the work computes")
-        elif final or self._remaining_items() < MIN_PROBE_ITEMS:
-            self._decide_compute()  # too few items left to tell
-        else:
-            self.probing = True  # the next items run on two threads at once
-
-    def _decide_compute(self) -> None:
-        per = self._per_item()
-        cpus = usable_cpus()
-        # Taking a GIL-bound function for a GIL-free one would lose all
-        # parallelism; the reverse only some speed.
-        speedup = self._speedup or 0.0
-        gil_free = speedup >= GIL_FREE_SPEEDUP or (
-            speedup >= MAYBE_GIL_FREE_SPEEDUP
-            and self._gil_waits is not None
-            and self._gil_waits < GIL_WAITS_PER_INTERVAL
-        )
-        if gil_free:
-            self._set("thread", cpus, f"two threads ran it {speedup:.2f} at a time: it releases the GIL")
-            return
-        self._time_pickling()
-        if self._pickle_failed:
-            self._set("thread", cpus, "its items or results cannot be pickled for a process")
-        elif self._pickle is not None and self._pickle > 0.5 * per:
-            self._set("serial", 1, "it holds the GIL, and pickling its items costs more than half of running them")
-        elif self._remaining_seconds() < PROCESS_WORTH_SECONDS:
-            self._set("serial", 1, "it holds the GIL, and the run is too short to pay for starting processes")
-        else:
-            self._set("process", cpus, "it holds the GIL: only processes run it in parallel")
-
-    def _set(self, backend: str, workers: int, reason: str) -> None:
-        if self._workers is not None and backend != "serial":
-            workers = self._workers
-        if self._total is not None and backend != "serial":
-            workers = max(1, min(workers, self._total - self.measured))
-        per = self._per_item()
-        # An item still running took longer than it has so far: start at one.
-        known = self._count or self._probed
-        chunksize = None if backend == "serial" else max(1, int(TARGET_SECONDS / max(per, 1e-9))) if known else 1
-        measurements = Measurements(
-            self.measured, per, self._cpu_fraction(), self._speedup, self._gil_waits, self._pickle, free_threaded()
-        )
-        self.plan = Plan(backend, workers, chunksize, reason, measurements)
-        self.probing = False
-
-    def _time_pickling(self) -> None:
-        """Time, once, what a process worker adds per item: the sample item and
-        its result pickled and unpickled (the function crosses once per
-        worker, so it is only checked, not timed)."""
-        if self._sample is None or self._pickle is not None or self._pickle_failed:
-            return
-        try:
-            cloudpickle.dumps(self._fn)
-            self._pickle = min(_round_trip(self._sample) for _ in range(PICKLE_TRIALS))
-        except Exception:
-            self._pickle_failed = True
+def time_pickling(fn: Callable[..., Any], sample: tuple[object, object] | None) -> PickleCost:
+    """What a process worker adds per item: the sample item and its result
+    pickled and unpickled (the fastest of ``PICKLE_TRIALS``; the function
+    crosses once per worker, so it is only checked, not timed)."""
+    if sample is None:
+        return PickleCost(None)
+    try:
+        cloudpickle.dumps(fn)
+        return PickleCost(min(_round_trip(sample) for _ in range(PICKLE_TRIALS)))
+    except Exception:
+        return PickleCost(None, unpicklable=True)
 
 
 def _round_trip(values: tuple[object, ...]) -> float:
@@ -393,6 +162,100 @@ def _round_trip(values: tuple[object, ...]) -> float:
 
 def _minus(after: int | None, before: int | None) -> int | None:
     return None if after is None or before is None else after - before
+
+
+# ---------------------------------------------------------------- the readings, added up
+class Measurer:
+    """Adds up the readings ``AutoLane`` hands it (under its lock) and asks
+    ``decide`` once each may tell; holds the plan once there is one."""
+
+    def __init__(self, fn: Callable[..., Any], total: int | None, workers: int | None) -> None:
+        self._fn = fn
+        self._total = total
+        self._workers = workers
+        self.samples = Samples()
+        self._sample: tuple[object, object] | None = None  # an item and its result
+        self._pickle_cost: PickleCost | None = None  # timed once processes come into question
+        self.plan: Plan | None = None
+
+    @property
+    def measured(self) -> int:
+        return self.samples.measured
+
+    @property
+    def serial_wall(self) -> float:
+        return self.samples.wall
+
+    @property
+    def probing(self) -> bool:
+        """Whether the next batches run on two threads at once."""
+        return self.plan is None and self.samples.probing
+
+    def wanted(self) -> int:
+        """How many items a batch should hold while measuring."""
+        return batch_size(self.samples)
+
+    def finished(self, count: int, wall: float, cpu: float, sample: tuple[object, object] | None) -> None:
+        """A measuring thread finished ``count`` items in ``wall`` seconds, ``cpu``
+        of them on a CPU (or waiting for one); decide once that is enough."""
+        if self._sample is None:
+            self._sample = sample  # pickled only if processes come into question
+        self.samples = self.samples.finished(count, wall, cpu)
+        if self.plan is None and not self.samples.probing:
+            self._apply(self._decide(self.samples))
+
+    def running(self, wall: float, cpu: float, items: int) -> None:
+        """The first measuring thread's batch has run ``wall`` seconds so far,
+        ``cpu`` of them on a CPU, and finished ``items`` of its items: decide
+        now if that tells, without waiting for the batch to end."""
+        if self.plan is not None or self.probing:
+            return
+        looked = self.samples.looked(wall, cpu, items)
+        decision = self._decide(looked)
+        if not isinstance(decision, Continue):  # a look that tells nothing is forgotten
+            self.samples = looked
+            self._apply(decision)
+
+    def probed(self, speedup: float | None, gil_waits: float | None) -> None:
+        """Two threads ran it at once, ``speedup`` at a time (None: too briefly
+        to tell), sleeping ``gil_waits`` times per switch interval (None: unknown)."""
+        self.samples = self.samples.probe_ended(ProbeReading(speedup, gil_waits))
+        self._apply(self._decide(self.samples))
+
+    def finish(self) -> Plan:
+        """Decide with what was measured (the input ended first)."""
+        if self.plan is None:
+            self.samples = self.samples.input_ended()
+            self._apply(self._decide(self.samples))
+        assert self.plan is not None
+        return self.plan
+
+    def choose_without_measuring(self) -> Plan:
+        """A timeout: nothing may run here, where it could not be stopped."""
+        self._apply(self._decide(self.samples, timeout=True))
+        assert self.plan is not None
+        return self.plan
+
+    def _decide(self, samples: Samples, *, timeout: bool = False) -> Decision:
+        while True:
+            decision = decide(
+                samples,
+                total=self._total,
+                workers=self._workers,
+                cpus=usable_cpus(),
+                free_threaded=free_threaded(),
+                pickle_cost=self._pickle_cost,
+                timeout=timeout,
+            )
+            if isinstance(decision, Continue | Probe | Plan):
+                return decision
+            self._pickle_cost = time_pickling(self._fn, self._sample)
+
+    def _apply(self, decision: Decision) -> None:
+        if isinstance(decision, Plan):
+            self.plan = decision
+        elif isinstance(decision, Probe):
+            self.samples = self.samples.probe_started()
 
 
 class _Stop:
@@ -483,15 +346,13 @@ class AutoLane:
         self._error: BaseException | None = None
         self._stop = _Stop()
         # The probe adds up stretches while both threads run: the current
-        # one's start, and the threads' CPU times and sleeps then; the sums so
-        # far (wall, CPU, sleeps: None once unknown).
+        # one's start, and the threads' CPU times and sleeps then; the sums so far.
         self._stretch: tuple[float, list[float], list[int | None]] | None = None
-        self._probe_sums: tuple[float, float, int | None] = (0.0, 0.0, 0)
-        self._switches = 0.0  # switch intervals the stretches lasted
+        self._probe_sums = ProbeSums()
         self._prepared = False
-        self._switch_interval: float | None = None  # the interpreter's, while lowered (BUSY_SWITCH_INTERVAL)
+        self._busy_interval: SwitchIntervalHold | None = None  # BUSY_SWITCH_INTERVAL, while held
         if policy.timeout is not None:  # nothing may run here, where it cannot be stopped
-            self.measurer._set("process", usable_cpus(), "a timeout needs workers that can be stopped")
+            self.measurer.choose_without_measuring()
             self._hand_over()
 
     @property
@@ -642,7 +503,7 @@ class AutoLane:
         if self.measurer.plan is not None or not LIVE:
             return None
         if self._stretch is not None:
-            due = self._stretch[0] + PROBE_SECONDS - self._probe_sums[0]
+            due = self._stretch[0] + PROBE_SECONDS - self._probe_sums.wall
             if now < due:
                 return due - now
             self._end_stretch(now)
@@ -698,16 +559,15 @@ class AutoLane:
 
     def _lower_switch_interval(self) -> None:
         """Lower the interpreter's switch interval until the measuring threads
-        are idle (under the lock)."""
-        if self._switch_interval is None:
-            self._switch_interval = sys.getswitchinterval()
-            sys.setswitchinterval(min(self._switch_interval, BUSY_SWITCH_INTERVAL))
+        are idle (under the lock; ``_settings`` owns the setting)."""
+        if self._busy_interval is None:
+            self._busy_interval = lower_switch_interval(BUSY_SWITCH_INTERVAL)
 
     def _restore_switch_interval(self) -> None:
-        """Give the interpreter back its switch interval (under the lock)."""
-        if self._switch_interval is not None:
-            sys.setswitchinterval(self._switch_interval)
-            self._switch_interval = None
+        """Let go of the lowered switch interval (under the lock)."""
+        if self._busy_interval is not None:
+            self._busy_interval.release()
+            self._busy_interval = None
 
     # ------------------------------------------------------------ the measuring threads
     def _start_runner(self) -> None:
@@ -811,12 +671,10 @@ class AutoLane:
         else:  # what batches that started in the stretch and finished ran: no more than ran in it
             cpu = sum(r.stretch_cpu for r in self._runners)
         slept = [_minus(r.sleeps(), before) for r, before in zip(self._runners, sleeps, strict=True)]
-        self._switches += (now - start) / sys.getswitchinterval()
-        wall, total, total_slept = self._probe_sums
-        known = total_slept is not None and None not in slept
-        wall += now - start
-        self._probe_sums = (wall, total + cpu, sum(x or 0 for x in slept) + (total_slept or 0) if known else None)
-        if wall >= PROBE_SECONDS and (wall >= MAX_PROBE_SECONDS or not self._unclear()):
+        stretch_slept = None if None in slept else sum(x or 0 for x in slept)
+        switches = (now - start) / sys.getswitchinterval()
+        self._probe_sums = self._probe_sums.add(now - start, cpu, stretch_slept, switches)
+        if probe_done(self._probe_sums):
             self._conclude_probe()
         elif self._busy == self.MEASURING_THREADS:  # both still run: the next stretch starts now
             self._start_stretch(time.perf_counter())
@@ -829,26 +687,7 @@ class AutoLane:
             r.stretch_cpu, r.stretch_batches = 0.0, 0
         self._stretch = (start, cpus, [r.sleeps() for r in self._runners])
 
-    def _readings(self) -> tuple[float | None, float | None]:
-        """How many threads ran at a time over the probe so far, and how often
-        they slept per switch interval (None: unknown)."""
-        wall, cpu, slept = self._probe_sums
-        if wall < MIN_PROBE_SECONDS:
-            return None, None
-        # A thread that waits for the GIL sleeps once per switch interval or
-        # so; threads that do not share it hardly sleep.
-        return cpu / wall, None if slept is None else slept / self._switches
-
-    def _unclear(self) -> bool:
-        """Whether the threads ran about one at a time yet hardly slept."""
-        speedup, gil_waits = self._readings()
-        return (
-            speedup is not None
-            and speedup < MAYBE_GIL_FREE_SPEEDUP
-            and gil_waits is not None
-            and gil_waits < GIL_WAITS_PER_INTERVAL
-        )
-
     def _conclude_probe(self) -> None:
         """Decide from the probe's stretches so far (under the lock)."""
-        self.measurer.probed(*self._readings())
+        reading = probe_reading(self._probe_sums)
+        self.measurer.probed(reading.speedup, reading.gil_waits)

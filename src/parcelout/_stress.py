@@ -14,7 +14,9 @@ releases the GIL (``time.sleep(0)``) while the switch interval is tiny, so
 that a thread waiting for the GIL takes it then. (With ``sys.monitoring``
 the callback runs in every thread while ``stress`` runs, and returns at once
 outside the stress threads.) The interpreter's tracing, monitoring and
-switch interval are put back as they were afterwards.
+switch interval are put back as they were afterwards (the switch interval
+through ``_settings``, its one owner, so that a ``backend="auto"`` run
+lowering it at the same time does not leave it lowered).
 
 The seed fixes where each thread is asked to switch; which thread the
 operating system runs next is not under its control, so a replay makes the
@@ -31,6 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
+
+from parcelout._settings import SwitchIntervalHold, lower_switch_interval
 
 __all__ = ["RaceDetected", "StressReport", "stress"]
 
@@ -236,14 +240,16 @@ class _Chaos:
 class _Installed:
     def __init__(self, chaos: _Chaos) -> None:
         self._chaos = chaos
-        self._interval = sys.getswitchinterval()
+        self._interval: SwitchIntervalHold | None = None
 
     def __enter__(self) -> None:
         self._chaos.install()
-        sys.setswitchinterval(_CHAOS_SWITCH_INTERVAL)
+        self._interval = lower_switch_interval(_CHAOS_SWITCH_INTERVAL)
 
     def __exit__(self, *exc: object) -> None:
-        sys.setswitchinterval(self._interval)
+        if self._interval is not None:
+            self._interval.release()  # back as it was, once no other run holds it lowered
+            self._interval = None
         self._chaos.uninstall()
 
 

@@ -55,7 +55,7 @@ from parcelout.backends import _child
 from parcelout.backends import _wire as wire
 
 Context = multiprocessing.context.BaseContext
-_PRELOAD = ["__main__", "parcelout.backends._child"]
+_PRELOAD = ["parcelout.backends._child"]  # added to the fork server's list, never in its place
 STDERR_LINES = 20
 _GIVE_UP_JOIN = 10.0  # seconds to wait for a killed worker when the reader gives up
 _log = logging.getLogger("parcelout")
@@ -71,8 +71,25 @@ def default_context(start_method: str | None = None) -> Context:
         start_method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(start_method)
     if start_method == "forkserver":
-        context.set_forkserver_preload(_PRELOAD)
+        _add_forkserver_preload(context)
     return context
+
+
+def _add_forkserver_preload(context: Context) -> None:
+    """Add parcelout's worker module to the fork server's preload list,
+    keeping what is there: the list is the process's, and a user's earlier
+    ``set_forkserver_preload`` must survive (``__main__``, the default,
+    stays only if the list still has it). Once the fork server runs, its
+    list no longer matters, and it is left alone."""
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    if getattr(server, "_forkserver_pid", None) is not None:
+        return
+    current = list(getattr(server, "_preload_modules", ["__main__"]))
+    missing = [name for name in _PRELOAD if name not in current]
+    if missing:
+        context.set_forkserver_preload(current + missing)
 
 
 @dataclass(eq=False)
