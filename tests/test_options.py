@@ -294,3 +294,17 @@ def exit_at_start() -> None:
     import os
 
     os._exit(3)
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_a_pools_task_timeout_limits_each_call_of_a_map_chunk_not_the_chunk(kind: str) -> None:
+    # Six calls of 0.1 s in one chunk take 0.6 s, more than the 0.35 s limit of each.
+    with parcelout.Pool(2, kind, task_timeout=0.35) as pool:
+        assert list(pool.map(nap, [0.1] * 12, chunksize=6)) == [0.1] * 12
+        results = pool.map(nap, [0.0, 0.0, 3.0, 0.0], chunksize=4)
+        assert next(results) == next(results) == 0.0
+        with pytest.raises(parcelout.TaskTimeout) as raised:
+            next(results)
+    message = str(raised.value)
+    assert "item 2 ((3.0,))" in message
+    assert "task_timeout of 0.35 s" in message

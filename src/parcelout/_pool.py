@@ -59,7 +59,7 @@ from parcelout._options import (
 )
 from parcelout._stream import EngineLane, InlineLane, Lane, drive
 from parcelout.backends._base import apply_chunk
-from parcelout.errors import BrokenPool, InitializerFailed
+from parcelout.errors import BrokenPool, InitializerFailed, describe_item
 
 if TYPE_CHECKING:
     from parcelout.backends._cluster import Cluster
@@ -263,10 +263,34 @@ class Pool(Executor):
         chunks = iter(lambda: list(itertools.islice(args, chunksize)), [])
         first = chunks if buffersize is None else itertools.islice(chunks, buffersize)
         starts = itertools.count(0, chunksize)
-        apply = functools.partial(apply_chunk, fn)  # fn within the call's function: a worker locates its code
-        futures = deque((self.submit(apply, chunk), next(starts), len(chunk)) for chunk in first)
+        call = Call(fn, star=True)  # one function for the whole map: a worker unpickles it once
+        futures = deque(
+            (self._submit_chunk(call, chunk, start), start, len(chunk)) for chunk, start in zip(first, starts)
+        )
         more = zip(chunks, starts) if buffersize else None
-        return _results(futures, end, more, weakref.ref(self), fn)
+        return _results(futures, end, more, weakref.ref(self), call)
+
+    def _submit_chunk(self, call: Call, chunk: list[tuple[Any, ...]], start: int) -> Future[list[Any]]:
+        """One chunk of ``map``, as one future whose result is the list of its
+        results. Each call in it is an item of its own: the pool's
+        ``task_timeout`` and ``retries`` apply to each, and a failure names
+        the map's item and its arguments."""
+        if self._engine is None:
+            return self.submit(functools.partial(apply_chunk, call.fn), chunk)
+        future: Future[list[Any]] = _Future(self._callbacks)
+        items: list[tuple[int, Any]] = [(start + i, (args, {})) for i, args in enumerate(chunk)]
+        with self._lock:
+            self._check_open()
+            batch = Batch(
+                next(self._ids),
+                call,
+                items,
+                _Chunk(future, start, len(chunk)),
+                try_start=future.set_running_or_notify_cancel,
+                policy=self._policy,
+            )
+            self._engine.post(Submitted(batch))
+        return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; with ``wait``, return once every worker is gone
@@ -411,6 +435,55 @@ class Pool(Executor):
                 self._engine.join()
 
 
+class _Chunk:
+    """Where the results of one chunk of ``Pool.map`` go: its future gets the
+    list of them once every item is in (the scheduler may split the chunk
+    and report its parts apart), a failed call's place holding its error,
+    with a note naming the item."""
+
+    def __init__(self, future: Future[list[Any]], start: int, size: int) -> None:
+        self._future = future
+        self._start = start
+        self._values: list[Any] = [None] * size
+        self._cancelled = False
+        self._left = size
+
+    def __call__(self, result: BatchResult) -> None:
+        for pos, (index, payload) in enumerate(result.batch.items):
+            error = result.errors.get(pos)
+            if error is None:
+                self._values[index - self._start] = result.values[pos]
+            elif isinstance(error, CancelledError):
+                self._cancelled = True
+            else:
+                error.add_note(f"parcelout: raised by Pool.map's item {index} ({describe_item(payload[0])})")
+                self._values[index - self._start] = _Failed(error)
+            self._left -= 1
+        if isinstance(result.values, list):
+            result.values.clear()  # the caller's list is the one place a result stays (as the standard map)
+        if self._left or self._future.done():
+            return
+        try:
+            if self._cancelled:
+                if not self._future.cancel():
+                    self._future.set_exception(CancelledError())
+            else:
+                self._future.set_result(self._values)
+        except InvalidStateError:  # cancelled by its owner meanwhile
+            pass
+        self._values = []
+
+
+class _Failed:
+    """A failed call in a ``Pool.map`` chunk's results: the results before it
+    are yielded, then its error is raised."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 class _Future(Future[R]):
     """A future whose done-callbacks run on its pool's callback thread.
 
@@ -537,7 +610,7 @@ def _results(
     end: float | None,
     more: Iterator[tuple[list[Any], int]] | None,
     pool: weakref.ref[Pool],
-    fn: Callable[..., R],
+    call: Call,
 ) -> Generator[R, None, None]:
     """Executor.map's iterator: in order, with a deadline, refilling a buffer.
 
@@ -548,7 +621,7 @@ def _results(
         while futures:
             if more is not None and (owner := pool()) is not None and (next_chunk := next(more, None)):
                 chunk, start = next_chunk
-                futures.append((owner.submit(functools.partial(apply_chunk, fn), chunk), start, len(chunk)))
+                futures.append((owner._submit_chunk(call, chunk, start), start, len(chunk)))
                 del owner
             future, start, size = futures.popleft()
             try:
@@ -556,7 +629,8 @@ def _results(
             except (TimeoutError, CancelledError):
                 raise
             except BaseException as error:
-                if future.done() and not future.cancelled() and future.exception() is error:  # not a Ctrl-C here
+                named = any("parcelout: raised by Pool.map's" in note for note in getattr(error, "__notes__", ()))
+                if future.done() and not future.cancelled() and future.exception() is error and not named:
                     where = f"item {start}" if size == 1 else f"one of the items {start} to {start + size - 1}"
                     error.add_note(f"parcelout: raised by Pool.map's {where}")
                 raise
@@ -565,7 +639,9 @@ def _results(
             del future  # hold no result the caller has let go of (as the standard map)
             chunk_results.reverse()
             while chunk_results:
-                yield chunk_results.pop()
+                if isinstance(chunk_results[-1], _Failed):  # the results before it were yielded
+                    raise chunk_results.pop().error
+                yield chunk_results.pop()  # (no name for it here: the caller's is its only reference)
     finally:
         for future, _, _ in futures:
             future.cancel()

@@ -145,3 +145,12 @@ def describe_item(obj: object, limit: int = 80) -> str:
     except Exception:
         text = f"<{type(obj).__name__} object>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe_payload(payload: object, star: bool) -> str:
+    """``describe_item`` of what an item is to its user: a submitted call's
+    arguments (``(args, kwargs)``: the args alone when there are no kwargs)."""
+    if star and isinstance(payload, tuple) and len(payload) == 2:
+        args, kwargs = payload
+        return describe_item(args if not kwargs else payload)
+    return describe_item(payload)

@@ -63,7 +63,7 @@ from parcelout._core._messages import (
     Tick,
     WorkerExited,
 )
-from parcelout.errors import InitializerFailed, StartupFailed, TaskTimeout, WorkerCrashed, describe_item
+from parcelout.errors import InitializerFailed, StartupFailed, TaskTimeout, WorkerCrashed, describe_payload
 
 # A worker that dies before it is ready by itself (an exit, a crash) this many
 # times in a row, with no batch finished between them, is a broken setup.
@@ -257,7 +257,8 @@ class Scheduler:
             out.append(KillWorker(worker.id, grace=TIMEOUT_GRACE))
             timeout = running.policy.timeout
             index, item = running.items[worker.position]
-            message = f"item {index} ({describe_item(item)}) ran longer than its {timeout:g} s timeout"
+            what = describe_payload(item, running.call.star)
+            message = f"item {index} ({what}) ran longer than its task_timeout of {timeout:g} s"
             self._blame(worker, worker.position, TaskTimeout(message, timeout), crashed=False, out=out)
             running.cancelled = True  # (after the split: its parts run again) a thread stops after the item
 
@@ -305,7 +306,9 @@ class Scheduler:
         if culprit >= 0:
             index, item = running.items[culprit]
             how = describe_exit(event.exitcode)
-            message = f"the worker process running item {index} ({describe_item(item)}) died ({how})"
+            message = (
+                f"the worker process running item {index} ({describe_payload(item, running.call.star)}) died ({how})"
+            )
             error = WorkerCrashed(message + (f"; {event.detail}" if event.detail else ""), event.exitcode)
             self._blame(worker, culprit, error, crashed=True, out=out)
             return
