@@ -114,6 +114,31 @@ def test_a_pause_while_measuring_does_not_make_tiny_work_look_costly() -> None:
     assert "items take" in measurer.plan.reason
 
 
+_failed_once: set[int] = set()
+
+
+def holds_the_gil_and_fails_once(x: int) -> int:
+    if x % 4 == 0 and x not in _failed_once:  # a transient failure: the retry succeeds
+        _failed_once.add(x)
+        raise ConnectionError(f"item {x}: try again")
+    return holds_the_gil(x)
+
+
+@two_cpus
+def test_a_retry_back_off_while_measuring_is_not_read_as_waiting() -> None:
+    # The back-off is the scheduler's timer, never part of a measured batch.
+    _failed_once.clear()
+    plan = parcelout.explain(holds_the_gil_and_fails_once, range(1000), retries=1, backoff=0.05)
+    assert plan.backend == "process", str(plan)
+    assert _failed_once  # it did fail and retry while being measured
+
+
+def test_auto_retries_measured_items_after_their_back_off() -> None:
+    _failed_once.clear()
+    outcomes = parcelout.map(holds_the_gil_and_fails_once, range(40), retries=1, backoff=0.01)
+    assert outcomes == [holds_the_gil(x) for x in range(40)]
+
+
 @two_cpus
 def test_a_short_gil_holding_run_stays_serial() -> None:
     plan = parcelout.explain(holds_the_gil, range(12))

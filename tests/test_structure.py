@@ -45,3 +45,29 @@ def test_the_core_imports_no_backend_and_no_process_machinery() -> None:
 def test_the_scheduler_reads_no_clock_and_starts_no_thread() -> None:
     modules = imported_modules(CORE / "_scheduler.py")
     assert not modules & {"time", "threading", "queue"}
+
+
+def _calls(path: Path) -> set[str]:
+    """The names of the attributes and functions ``path`` calls."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Attribute):
+                names.add(func.attr)
+            elif isinstance(func, ast.Name):
+                names.add(func.id)
+    return names
+
+
+def test_only_the_scheduler_decides_retries_and_back_off_and_no_lane_sleeps() -> None:
+    package = Path(parcelout.__file__).parent
+    scheduler = CORE / "_scheduler.py"
+    assert {"retries_after", "backoff_before"} <= _calls(scheduler)
+    for path in sorted(package.rglob("*.py")):
+        if path == scheduler:
+            continue
+        calls = _calls(path)
+        assert not calls & {"retries_after", "backoff_before"}, f"{path.name} decides a retry itself"
+        if path.name not in ("_demo.py", "_stress.py"):  # the demo's work sleeps; stress yields the GIL with sleep(0)
+            assert "sleep" not in calls, f"{path.name} sleeps"

@@ -328,17 +328,13 @@ def _owned(
         else:
             lane = pool_for(pool_options.backend, pool_options.workers)._new_lane()
         yield from drive_batches(lane, Call(fn), items, run, ordered)
-    except GeneratorExit:
+    except BaseException as error:
         for pool in pools:
-            pool._terminate(wait=True)
-        raise
-    except BaseException:
-        for pool in pools:
-            pool._terminate(wait=pool.backend == "process")  # a thread's item cannot be stopped
+            pool._end(error, owned=True)
         raise
     else:
         for pool in pools:
-            pool.shutdown(wait=True)
+            pool._end(None, owned=True)
 
 
 def _auto_lane(

@@ -271,6 +271,7 @@ class _Runner:
         self.native_id: int | None = None
         self.clock: int | None = None  # its CPU clock
         self.busy_since: float | None = None  # when its running batch started
+        self.lane: InlineLane | None = None  # where it runs them (under its own scheduler)
         self.ready_at_start = 0.0
         self.looked = False  # its running batch was looked at once already
         self.cpu_done = 0.0  # CPU time of its finished batches
@@ -333,7 +334,7 @@ class AutoLane:
         self._make_lane = make_lane
         self._on_plan = on_plan
         self._lane: Lane | None = None
-        self._lane_out = 0  # batches out at the chosen lane
+        self._lane_out = 0  # items out at the chosen lane (a batch may come back in parts)
         self._cond = threading.Condition()
         self._waiting: deque[tuple[Call, list[tuple[int, Any]], Policy]] = deque()
         self._runners: list[_Runner] = []
@@ -378,7 +379,7 @@ class AutoLane:
     def submit(self, call: Call, items: list[tuple[int, Any]], policy: Policy) -> None:
         if self._lane is not None:
             self._lane.submit(call, items, policy)
-            self._lane_out += 1
+            self._lane_out += len(items)
             return
         if not self._prepared:
             self._inline.prepare()  # the initializer, here and once; raises if it failed
@@ -403,7 +404,6 @@ class AutoLane:
                 if self._done:
                     return self._done.popleft()
                 if self._lane is not None and self._lane_out:
-                    self._lane_out -= 1
                     break
                 if self._takes_more():
                     # A batch runs on, but the chosen lane or the probe wants input now.
@@ -414,8 +414,7 @@ class AutoLane:
                     raise RuntimeError("parcelout: asked for a result with no batch out")  # a bug, not a hang
         assert self._lane is not None
         result = self._lane.next_result()
-        if not result.batch.items:
-            self._lane_out += 1  # woken: no batch came back
+        self._lane_out -= len(result.batch.items)  # none when woken
         return result
 
     def wake(self) -> None:
@@ -543,7 +542,7 @@ class AutoLane:
         self._lane = lane
         for call, items, policy in waiting:
             lane.submit(call, items, policy)
-            self._lane_out += 1
+            self._lane_out += len(items)
 
     def _close(self, *, wait: bool) -> None:
         """Stop measuring: drop the waiting batches; join the measuring threads
@@ -553,6 +552,10 @@ class AutoLane:
             self._waiting.clear()
             self._restore_switch_interval()
             runners = [r for r in self._runners if wait or r.busy_since is None]
+            if not wait:
+                for runner in runners:
+                    if runner.lane is not None:
+                        runner.lane.cancel()  # a retry waiting out its back-off comes back cancelled
             self._cond.notify_all()
         for runner in runners:
             runner.thread.join()
@@ -578,6 +581,7 @@ class AutoLane:
     def _serve(self, runner: _Runner) -> None:
         runner.native_id, runner.clock = threading.get_native_id(), _cpu_clock()
         lane = InlineLane(flag=self._stop, slot=runner.slot)  # the initializer already ran in this process
+        runner.lane = lane
         while True:
             with self._cond:
                 job = self._next_job(runner)
@@ -585,9 +589,17 @@ class AutoLane:
                 return
             call, items, policy = job
             start, cpu, queued = time.perf_counter(), time.thread_time(), _queued_seconds(runner.native_id)
+            began = runner.busy_since
             try:
-                lane.submit(call, items, policy)
-                result = lane.next_result()
+                lane.submit(call, items, policy)  # runs the batch; a retry with a back-off waits in the lane
+                wall, cpu = time.perf_counter() - start, time.thread_time() - cpu
+                # Waiting for a CPU on a busy machine is not waiting for I/O.
+                ready = cpu + _queued_seconds(runner.native_id) - queued
+                with self._cond:
+                    runner.busy_since = None  # what follows (a retry's back-off) is not the function's time
+                parts = [lane.next_result()]
+                while sum(len(part.batch.items) for part in parts) < len(items):
+                    parts.append(lane.next_result())
             except BaseException as exc:  # the function raised KeyboardInterrupt itself
                 with self._cond:
                     self._busy -= 1
@@ -596,23 +608,16 @@ class AutoLane:
                     self._restore_switch_interval()
                     self._cond.notify_all()
                 return
-            wall, cpu = time.perf_counter() - start, time.thread_time() - cpu
-            # Waiting for a CPU on a busy machine is not waiting for I/O.
-            ready = cpu + _queued_seconds(runner.native_id) - queued
-            ok = result.values and 0 not in result.errors
-            sample = (items[0][1], result.values[0]) if ok else None
+            first = parts[0]
+            ok = first.values and first.batch.items[0] == items[0] and 0 not in first.errors
+            sample = (items[0][1], first.values[0]) if ok else None
             with self._cond:
                 self._busy -= 1
-                if (
-                    self._stretch is not None
-                    and runner.busy_since is not None
-                    and runner.busy_since >= self._stretch[0]
-                ):
+                if self._stretch is not None and began is not None and began >= self._stretch[0]:
                     runner.stretch_cpu += cpu
                     runner.stretch_batches += 1
-                runner.busy_since = None
                 runner.cpu_done += cpu
-                self._done.append(result)
+                self._done.extend(parts)
                 if not self._busy:
                     self._restore_switch_interval()
                 if self.measurer.plan is None:

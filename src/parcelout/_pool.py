@@ -316,10 +316,7 @@ class Pool(Executor):
         """As the standard executors: wait for the work submitted. But on
         Ctrl-C stop now: drop what waits, kill the process workers running
         items, and do not wait for thread workers that cannot be stopped."""
-        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
-            self._terminate(wait=True)
-        else:
-            self.shutdown(wait=True)
+        self._end(exc, owned=False)
 
     # ------------------------------------------------------------ lazy maps
     def imap(
@@ -424,6 +421,25 @@ class Pool(Executor):
         """Python 3.14's name for stopping the workers at once: ``terminate``
         (process workers are killed with ``SIGKILL`` either way)."""
         self._terminate(wait=True)
+
+    def _end(self, error: BaseException | None, *, owned: bool) -> None:
+        """End the pool for the way its user's code is leaving it: the one
+        place that decides, for the ``with`` block, the one-shot functions'
+        own pools (``owned``) and interpreter exit.
+
+        * No error, or any error but Ctrl-C from a ``with`` block: wait for
+          the work submitted, as the standard executors do.
+        * Ctrl-C, or a one-shot stream closed early (``GeneratorExit``): stop
+          now: drop what waits, kill the process workers running items.
+        * Any other error out of a one-shot stream: stop now too, but wait
+          only for process workers (a thread's item cannot be stopped).
+        """
+        if error is None or (not owned and not isinstance(error, KeyboardInterrupt)):
+            self.shutdown(wait=True)
+        elif isinstance(error, KeyboardInterrupt | GeneratorExit):
+            self._terminate(wait=True)
+        else:
+            self._terminate(wait=self._kind == "process")
 
     def _terminate(self, wait: bool) -> None:
         """Stop now: drop pending work and kill the running items' workers."""
@@ -640,7 +656,8 @@ def _results(
             chunk_results.reverse()
             while chunk_results:
                 if isinstance(chunk_results[-1], _Failed):  # the results before it were yielded
-                    raise chunk_results.pop().error
+                    failed: Any = chunk_results.pop()
+                    raise failed.error
                 yield chunk_results.pop()  # (no name for it here: the caller's is its only reference)
     finally:
         for future, _, _ in futures:
@@ -703,7 +720,7 @@ def _shutdown_at_exit() -> None:
         return
     try:
         for pool in list(_live):
-            pool.shutdown(wait=True)
+            pool._end(None, owned=False)
     except KeyboardInterrupt:
         _terminate_all()
         sys.stderr.write("KeyboardInterrupt\n")
@@ -718,7 +735,7 @@ def _terminate_all() -> None:
     for pool in list(_live):
         while True:
             try:
-                pool._terminate(wait=True)
+                pool._end(KeyboardInterrupt(), owned=False)
                 break
             except KeyboardInterrupt:  # a second Ctrl-C: the pool is being stopped already
                 continue

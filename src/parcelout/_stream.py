@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -24,7 +25,21 @@ from parcelout._core._batcher import TARGET_SECONDS, Batcher
 from parcelout._core._collector import Collector
 from parcelout._core._engine import Engine
 from parcelout._core._feeder import Feeder, SizeEstimate
-from parcelout._core._messages import Batch, BatchResult, Call, CancelGroup, Policy, Submitted
+from parcelout._core._messages import (
+    Batch,
+    BatchDone,
+    BatchResult,
+    Call,
+    CancelGroup,
+    Deliver,
+    Instruction,
+    Policy,
+    Send,
+    Shutdown,
+    Submitted,
+    Tick,
+)
+from parcelout._core._scheduler import Scheduler
 from parcelout._failure import Failure, kind_of
 from parcelout._journal import JournalLane, open_journal
 from parcelout._options import RunOptions
@@ -102,10 +117,17 @@ class EngineLane:
 
 
 class InlineLane:
-    """The serial backend: each batch runs in the caller's thread when submitted.
+    """The serial backend: the caller's thread is the pool's one worker, under
+    the same scheduler as every other backend.
 
-    A failed item that its policy retries runs again at once (after its
-    back-off); a timeout cannot be enforced in the caller's own thread.
+    ``submit`` hands the batch to a ``Scheduler`` of one worker and runs what
+    it sends here at once; the scheduler decides what a failure means (a
+    retry, after its back-off, or a failure to deliver), exactly as for
+    thread and process workers. A retry waiting out its back-off is the
+    scheduler's timer: ``next_result`` waits for it (on ``cancel``, it stops
+    waiting) only when nothing else has finished, so a back-off never runs
+    inside a batch. A task timeout cannot be enforced in the caller's own
+    thread (the options refuse one here).
     """
 
     workers = 1
@@ -113,12 +135,21 @@ class InlineLane:
     batch_seconds = TARGET_SECONDS
 
     def __init__(
-        self, prepare: Callable[[], None] = lambda: None, flag: Flag | None = None, slot: Slot | None = None
+        self,
+        prepare: Callable[[], None] = lambda: None,
+        flag: Flag | None = None,
+        slot: Slot | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._done: deque[BatchResult] = deque()
+        self._sent: deque[tuple[int, Batch]] = deque()  # what the scheduler sent this thread to run
         self._prepare = prepare
         self._flag = flag  # set, it stops a batch between items
         self._slot = slot  # slot[1]: the position running (run_batch)
+        self._clock = clock
+        self._ids = itertools.count()
+        self._scheduler = Scheduler(1, self._ids.__next__, clock=clock)
+        self._cancelled = threading.Event()
 
     def prepare(self) -> None:
         """Run the pool's initializer, once: raises if it failed."""
@@ -126,33 +157,29 @@ class InlineLane:
 
     def submit(self, call: Call, items: list[tuple[int, Any]], policy: Policy) -> None:
         self._prepare()
-        batch = Batch(0, call, items, self._done.append)
-        payloads = [item for _, item in items]
-        values, errors, elapsed = run_batch(
-            call.fn, call.star, payloads, self._slot, flag=self._flag, interruptible=True
-        )
-        attempts: dict[int, int] = {}
-        for pos in sorted(errors):
-            attempt = 1
-            while policy.retries_after(attempt, errors[pos]):
-                if policy.backoff:
-                    # The back-off is the point here: a delay, not a wait for an event.
-                    time.sleep(policy.backoff_before(attempt))  # noqa: TID251
-                attempt += 1
-                again, again_errors, _ = run_batch(call.fn, call.star, [payloads[pos]], interruptible=True)
-                if not again_errors:
-                    values[pos] = again[0]
-                    del errors[pos]
-                    break
-                errors[pos] = again_errors[0]
-            attempts[pos] = attempt
-        self._done.append(BatchResult(batch, values, errors, elapsed, attempts))
+        batch = Batch(next(self._ids), call, items, self._done.append, policy=policy)
+        self._carry_out(self._scheduler.handle(Submitted(batch)))
+        self._run_sent()
 
     def next_result(self) -> BatchResult:
+        """The next finished part of a batch: a batch comes back in parts
+        when the scheduler holds an item back for a retry."""
+        while not self._done:
+            deadline = self._scheduler.next_deadline
+            if deadline is None:
+                raise RuntimeError("nothing is running or waiting here")  # pragma: no cover - a caller's bug
+            if self._cancelled.is_set():  # the retries still waiting come back cancelled
+                self._carry_out(self._scheduler.handle(Shutdown(cancel=True)))
+                continue
+            self._cancelled.wait(max(0.0, deadline - self._clock()))  # the scheduler's timer: a retry's back-off
+            self._carry_out(self._scheduler.handle(Tick()))
+            self._run_sent()
         return self._done.popleft()
 
     def cancel(self) -> None:
-        pass
+        """Stop waiting for retries (from any thread): those still waiting
+        come back cancelled."""
+        self._cancelled.set()
 
     def serial_now(self) -> bool:
         self._prepare()
@@ -160,6 +187,27 @@ class InlineLane:
 
     def wake(self) -> None:
         pass  # nothing runs while the caller waits for input
+
+    def _carry_out(self, instructions: list[Instruction]) -> None:
+        for instruction in instructions:
+            match instruction:
+                case Send(worker, batch):
+                    self._sent.append((worker, batch))
+                case Deliver(result):
+                    result.worker = None  # no pool worker: the calling thread ran it
+                    result.batch.sink(result)
+                case _:  # start or stop a worker: the caller's thread is always there
+                    pass
+
+    def _run_sent(self) -> None:
+        while self._sent:
+            worker, batch = self._sent.popleft()
+            payloads = [item for _, item in batch.items]
+            call = batch.call
+            values, errors, elapsed = run_batch(
+                call.fn, call.star, payloads, self._slot, flag=self._flag, interruptible=True
+            )
+            self._carry_out(self._scheduler.handle(BatchDone(worker, batch.id, values, errors, elapsed)))
 
 
 def default_window(workers: int, batch_size: int) -> int:
