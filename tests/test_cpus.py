@@ -4,6 +4,7 @@ limited to 2 CPUs on a 64-core host does not start 64 workers."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -49,6 +50,7 @@ def test_no_quota_or_an_unreadable_one_sets_no_limit(tmp_path: Path, text: str) 
 
 def test_a_pool_in_a_container_limited_to_2_cpus_starts_2_process_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_options, "cgroup_cpu_quota", lambda: 2)
+    monkeypatch.setattr(_options, "_quota_read", (-math.inf, None))  # read the quota again now
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     if hasattr(os, "process_cpu_count"):
         monkeypatch.setattr(os, "process_cpu_count", lambda: 64)

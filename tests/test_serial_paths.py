@@ -1,7 +1,8 @@
 """The serial backend has two paths: a plain map that raises at the first
 failure runs at the speed of a plain loop (``_stream._run_plain``), and
 everything else goes through the scheduler (``InlineLane``: the calling
-thread as the one worker of a scheduler of its own). They must keep the same
+thread as the one worker of a scheduler of its own; with nothing to retry,
+it runs each batch straight). They must keep the same
 contract: the same results, the same first failure, raised after the same
 results, with the same note naming the item."""
 
@@ -30,9 +31,9 @@ def behave(item: tuple[int, str]) -> int:
 def run(items: list[tuple[int, str]], chunksize: int | None, *, scheduled: bool) -> tuple[list[Any], str | None]:
     """What a user sees: the results taken before the failure, and the failure."""
     seen: list[Any] = []
-    # A progress callback takes the scheduled path; without one, the plain path.
-    progress: Any = (lambda done, total: None) if scheduled else False
-    stream = parcelout.imap(behave, items, backend="serial", chunksize=chunksize, progress=progress)
+    # A retry policy (one that retries nothing) takes the scheduled path; without one, the plain path.
+    policy: Any = {"retries": 1, "retry_on": lambda error: False} if scheduled else {}
+    stream = parcelout.imap(behave, items, backend="serial", chunksize=chunksize, **policy)
     try:
         for value in stream:
             seen.append(value)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -142,8 +143,24 @@ def usable_cpus() -> int:
         n = len(os.sched_getaffinity(0))
     else:  # pragma: no cover - not Linux
         n = os.cpu_count()
-    quota = cgroup_cpu_quota()
+    quota = _cached_quota()
     return max(1, min(n or 1, quota if quota is not None else n or 1))
+
+
+_quota_read: tuple[float, int | None] = (-math.inf, None)  # (when, what) the cgroup quota was last read
+QUOTA_SECONDS = 1.0  # how long a reading of the quota holds (reading it takes ~50 us of file I/O)
+
+
+def _cached_quota() -> int | None:
+    """``cgroup_cpu_quota()``, read again at most once a second: every run
+    asks, and a container's quota changes rarely."""
+    global _quota_read
+    when, quota = _quota_read
+    now = time.monotonic()
+    if now - when > QUOTA_SECONDS:
+        quota = cgroup_cpu_quota()
+        _quota_read = (now, quota)
+    return quota
 
 
 def cgroup_cpu_quota(root: str = "/sys/fs/cgroup", membership: str = "/proc/self/cgroup") -> int | None:

@@ -158,6 +158,11 @@ class InlineLane:
     def submit(self, call: Call, items: list[tuple[int, Any]], policy: Policy) -> None:
         self._prepare()
         batch = Batch(next(self._ids), call, items, self._done.append, policy=policy)
+        if not policy.retries and self._scheduler.finished_all:
+            # Nothing to retry and nothing held back: the scheduler would send
+            # the batch here and deliver what it gives, so run it straight.
+            self._done.append(self._run(batch))
+            return
         self._carry_out(self._scheduler.handle(Submitted(batch)))
         self._run_sent()
 
@@ -202,12 +207,16 @@ class InlineLane:
     def _run_sent(self) -> None:
         while self._sent:
             worker, batch = self._sent.popleft()
-            payloads = [item for _, item in batch.items]
-            call = batch.call
-            values, errors, elapsed = run_batch(
-                call.fn, call.star, payloads, self._slot, flag=self._flag, interruptible=True
-            )
-            self._carry_out(self._scheduler.handle(BatchDone(worker, batch.id, values, errors, elapsed)))
+            ran = self._run(batch)
+            self._carry_out(self._scheduler.handle(BatchDone(worker, batch.id, ran.values, ran.errors, ran.elapsed)))
+
+    def _run(self, batch: Batch) -> BatchResult:
+        payloads = [item for _, item in batch.items]
+        call = batch.call
+        values, errors, elapsed = run_batch(
+            call.fn, call.star, payloads, self._slot, flag=self._flag, interruptible=True
+        )
+        return BatchResult(batch, values, errors, elapsed)
 
 
 def default_window(workers: int, batch_size: int) -> int:

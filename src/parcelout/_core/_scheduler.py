@@ -150,6 +150,11 @@ class Scheduler:
         return self._closing and not self._workers
 
     @property
+    def finished_all(self) -> bool:
+        """Nothing pending, held back for a retry, or running."""
+        return not self._pending and not self._delayed and not any(w.inflight for w in self._workers.values())
+
+    @property
     def workers(self) -> dict[int, tuple[Batch, ...]]:
         """Each live worker and the batches it holds, running one first."""
         return {w.id: tuple(w.inflight) for w in self._workers.values()}
