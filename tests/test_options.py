@@ -181,6 +181,7 @@ def test_explain_takes_the_options_of_imap() -> None:
     plan = parcelout.explain(abs, range(100), backend="thread", workers=3, chunksize=7, window=20)
     assert (plan.backend, plan.workers, plan.chunksize) == ("thread", 3, 7)
     assert "named" in plan.reason
+    assert str(plan).splitlines()[-1] == "  nothing was measured"
     assert parcelout.explain(abs, range(10), backend="serial").backend == "serial"
     measured = parcelout.explain(abs, range(100_000), chunksize=50)
     assert measured.backend == "serial"  # tiny work: nothing to batch

@@ -117,9 +117,14 @@ class Plan:
         lines = [
             f"backend={self.backend} workers={self.workers} chunksize={self.chunksize or '-'}",
             f"  because {self.reason}",
-            f"  measured {m.items} item(s): {seconds(m.seconds_per_item)} per item, "
-            f"{m.cpu_fraction:.0%} of the time on the CPU",
         ]
+        if m.items:
+            lines.append(
+                f"  measured {m.items} item(s): {seconds(m.seconds_per_item)} per item, "
+                f"{m.cpu_fraction:.0%} of the time on the CPU"
+            )
+        else:
+            lines.append("  nothing was measured")
         if m.parallel_speedup is not None:
             lines.append(f"  on two threads it ran {m.parallel_speedup:.2f} at a time")
         if m.gil_waits is not None:
