@@ -8,6 +8,7 @@ standard library's argument order, several iterables."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import inspect
 import io
@@ -25,7 +26,7 @@ from typing import Any
 import pytest
 
 import parcelout
-from parcelout import Failure
+from parcelout import Failure, _commands
 from parcelout._options import DEFAULTS, RUN_NAMES, Options, RunArgs
 
 ENTRY_POINTS = [parcelout.imap, parcelout.imap_unordered, parcelout.map, parcelout.starmap, parcelout.explain]
@@ -309,3 +310,38 @@ def test_a_pools_task_timeout_limits_each_call_of_a_map_chunk_not_the_chunk(kind
     message = str(raised.value)
     assert "item 2 ((3.0,))" in message
     assert "task_timeout of 0.35 s" in message
+
+
+# What a flag of `parcelout run` is that is not an option of a run: where the
+# items come from and go, and how the command itself behaves.
+COMMAND_ONLY_FLAGS = {
+    "function",
+    "input",
+    "range",
+    "lines",
+    "output",
+    "force",
+    "trust_owner",
+    "verbose",
+    "timeout",  # the old spelling of --task-timeout, mapped to task_timeout
+    "handler",
+}
+
+
+def test_every_option_flag_of_the_command_line_is_an_option_of_a_run() -> None:
+    parser = argparse.ArgumentParser()
+    _commands.add_commands(parser.add_subparsers(dest="command"))
+    (run,) = (
+        choice
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for name, choice in action.choices.items()
+        if name == "run"
+    )
+    flags = {action.dest for action in run._actions if action.dest != "help"}
+    assert flags - COMMAND_ONLY_FLAGS <= set(DEFAULTS), sorted(flags - COMMAND_ONLY_FLAGS - set(DEFAULTS))
+    # and the command passes each of them on under that name
+    args = run.parse_args(["m:f", "--range", "3", "--workers", "2", "--chunksize", "4", "--task-timeout", "5"])
+    options = _commands.imap_options(args)
+    assert set(options) <= set(DEFAULTS)
+    assert (options["workers"], options["chunksize"], options["task_timeout"]) == (2, 4, 5.0)
