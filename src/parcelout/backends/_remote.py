@@ -5,35 +5,56 @@ returns its outcomes encoded the same way, so an item or a result that
 cannot cross fails alone, as with local process workers. The function and
 the initializer are unpickled once per worker process and kept.
 
-A ``timeout`` is enforced here, per item: the item runs in a thread of its
-own and, past its time, fails with ``TaskTimeout`` while that thread is
-abandoned (a cluster engine cannot stop a running task either).
+A batch with a task timeout comes with a ``Line``: the engine's way to talk
+to the parent while the task runs. The batch then runs in a thread of its
+own, which reports each item's start through the line, and the task's
+thread waits for that batch or for the parent to stop it. The parent's
+scheduler decides timeouts, as for local workers; on one it stops the task,
+which ends at once and frees its place on the cluster. The item that was
+running cannot be stopped (a cluster engine cannot stop a running task
+either): its thread is abandoned and runs on, and takes no item after it.
+Nothing here decides a timeout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import pickle
 import threading
-import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from parcelout.backends import _wire as wire
 from parcelout.backends._base import run_batch
-from parcelout.errors import TaskTimeout
 
 _FUNCTIONS: dict[bytes, Callable[..., Any]] = {}
 _INITIALIZED: set[bytes] = set()
 _LOCK = threading.Lock()
 _MAX_FUNCTIONS = 64
 
+Ran = tuple[list[Any], dict[int, BaseException], float]
+
+
+class Line(Protocol):
+    """How a task tells the parent each item's start, and hears it stopped:
+    an engine's own channel (``_dask``, ``_ray``), pickled into the task."""
+
+    def open(self, stop: Callable[[], None]) -> None:
+        """Until ``close``, call ``stop()`` (from any thread) when the parent stops this task."""
+
+    def started(self, position: int) -> None:
+        """Tell the parent the batch's item at ``position`` began (-1: its items are done)."""
+
+    def close(self) -> None: ...
+
 
 def run_task(
-    fn_bytes: bytes, star: bool, payload: bytes, timeout: float | None, init_bytes: bytes | None
+    fn_bytes: bytes, star: bool, payload: bytes, init_bytes: bytes | None, line: Line | None = None
 ) -> tuple[Any, ...]:
     """Run one batch: ``("done", seconds, results, positions, exceptions)``,
-    or ``("init_failed", exception)`` when the initializer raised here."""
+    ``("init_failed", exception)`` when the initializer raised here, or
+    ``("stopped",)`` when the parent stopped the task through ``line``."""
     from parcelout.backends._child import transportable
 
     if init_bytes is not None:
@@ -44,7 +65,15 @@ def run_task(
     fn = _function(fn_bytes)
     items, errors = wire.decode(payload, lambda _: "parcelout: the item could not be unpickled on the cluster worker")
     runnable = [pos for pos in range(len(items)) if pos not in errors]
-    ran, ran_errors, elapsed = _run([items[pos] for pos in runnable], fn, star, timeout)
+    todo = [items[pos] for pos in runnable]
+    if line is None:
+        outcome: Ran | None = run_batch(fn, star, todo)
+    else:
+        outcome = _run_watched(fn, star, todo, runnable, line)
+    del todo
+    if outcome is None:
+        return ("stopped",)
+    ran, ran_errors, elapsed = outcome
     values: list[Any] = [None] * len(items)
     for at, pos in enumerate(runnable):
         values[pos] = ran[at]
@@ -56,6 +85,57 @@ def run_task(
     positions = sorted(errors)
     failures, _ = wire.encode([transportable(errors[pos]) for pos in positions], lambda _: "")
     return ("done", elapsed, blob, positions, failures)
+
+
+class _Watch:
+    """A batch running in a thread of its own, as ``run_batch``'s slot (each
+    item's start goes out on the line) and flag (stopped: no next item)."""
+
+    def __init__(self, line: Line, positions: list[int]) -> None:
+        self._line = line
+        self._positions = positions  # the batch's position of each item run
+        self._changed = threading.Condition()
+        self._outcome: Ran | BaseException | None = None
+        self.cancelled = False
+
+    def __setitem__(self, key: int, at: int) -> None:
+        if not self.cancelled:
+            with contextlib.suppress(Exception):  # a report lost costs its deadline, never the batch
+                self._line.started(self._positions[at] if at >= 0 else -1)
+
+    def stop(self) -> None:
+        with self._changed:
+            self.cancelled = True
+            self._changed.notify_all()
+
+    def run(self, fn: Callable[..., Any], star: bool, items: list[Any]) -> None:
+        outcome: Ran | BaseException
+        try:
+            outcome = run_batch(fn, star, items, self, flag=self)
+        except BaseException as exc:  # a bug: the task fails with it rather than wait forever
+            outcome = exc
+        with self._changed:
+            self._outcome = outcome
+            self._changed.notify_all()
+
+    def wait(self) -> Ran | None:
+        """The batch's outcome, or None once stopped (the item running is abandoned)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._outcome is not None or self.cancelled)
+            outcome = self._outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+def _run_watched(fn: Callable[..., Any], star: bool, items: list[Any], positions: list[int], line: Line) -> Ran | None:
+    watch = _Watch(line, positions)
+    line.open(watch.stop)
+    try:
+        threading.Thread(target=watch.run, args=(fn, star, items), name="parcelout-batch", daemon=True).start()
+        return watch.wait()
+    finally:
+        line.close()
 
 
 def _function(fn_bytes: bytes) -> Callable[..., Any]:
@@ -82,31 +162,3 @@ def _initialize(init_bytes: bytes) -> BaseException | None:
             return exc
         _INITIALIZED.add(token)
     return None
-
-
-def _run(
-    items: list[Any], fn: Callable[..., Any], star: bool, timeout: float | None
-) -> tuple[list[Any], dict[int, BaseException], float]:
-    if timeout is None:
-        return run_batch(fn, star, items)
-    values: list[Any] = []
-    errors: dict[int, BaseException] = {}
-    start = time.perf_counter()
-    for pos, item in enumerate(items):
-        box: list[tuple[list[Any], dict[int, BaseException], float]] = []
-        thread = threading.Thread(
-            target=lambda item=item, box=box: box.append(run_batch(fn, star, [item])),
-            name="parcelout-item",
-            daemon=True,
-        )
-        thread.start()
-        thread.join(timeout)
-        if not box:  # still running: abandoned, as a thread cannot be stopped
-            values.append(None)
-            errors[pos] = TaskTimeout(f"item ran longer than its timeout of {timeout:g} s on the cluster", timeout)
-            continue
-        (value,), item_errors, _ = box[0]
-        values.append(value)
-        if item_errors:
-            errors[pos] = item_errors[0]
-    return values, errors, time.perf_counter() - start
