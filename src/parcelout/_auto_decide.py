@@ -118,7 +118,7 @@ class Plan:
             f"backend={self.backend} workers={self.workers} chunksize={self.chunksize or '-'}",
             f"  because {self.reason}",
         ]
-        if m.items:
+        if m.items or m.seconds_per_item:  # (a batch still running may have decided: 0 items finished)
             lines.append(
                 f"  measured {m.items} item(s): {seconds(m.seconds_per_item)} per item, "
                 f"{m.cpu_fraction:.0%} of the time on the CPU"
@@ -195,7 +195,7 @@ class PickleCost:
     unpicklable: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Samples:
     """Every reading so far, added up.
 
@@ -227,15 +227,19 @@ class Samples:
         if self.probing or self.probe is not None:
             return replace(self, probed=self.probed + count)
         fastest = min(self.fastest, wall / count) if count >= TELLING_BATCH else self.fastest
-        return replace(
-            self,
-            count=self.count + count,
-            wall=self.wall + wall,
-            cpu=self.cpu + cpu,
-            last_wall=wall,
-            last_cpu=cpu,
-            fastest=fastest,
-            running=None,
+        # Built directly, not with dataclasses.replace: this runs after every measured batch.
+        return Samples(
+            self.count + count,
+            self.wall + wall,
+            self.cpu + cpu,
+            wall,
+            cpu,
+            fastest,
+            None,
+            self.probing,
+            self.probed,
+            self.probe,
+            self.ended,
         )
 
     def looked(self, wall: float, cpu: float, items: int) -> Samples:

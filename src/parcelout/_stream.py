@@ -148,7 +148,7 @@ class InlineLane:
         self._slot = slot  # slot[1]: the position running (run_batch)
         self._clock = clock
         self._ids = itertools.count()
-        self._scheduler = Scheduler(1, self._ids.__next__, clock=clock)
+        self._scheduler_: Scheduler | None = None  # made at the first batch that may be retried
         self._cancelled = threading.Event()
 
     def prepare(self) -> None:
@@ -158,13 +158,19 @@ class InlineLane:
     def submit(self, call: Call, items: list[tuple[int, Any]], policy: Policy) -> None:
         self._prepare()
         batch = Batch(next(self._ids), call, items, self._done.append, policy=policy)
-        if not policy.retries and self._scheduler.finished_all:
+        if not policy.retries and (self._scheduler_ is None or self._scheduler_.finished_all):
             # Nothing to retry and nothing held back: the scheduler would send
             # the batch here and deliver what it gives, so run it straight.
             self._done.append(self._run(batch))
             return
         self._carry_out(self._scheduler.handle(Submitted(batch)))
         self._run_sent()
+
+    @property
+    def _scheduler(self) -> Scheduler:
+        if self._scheduler_ is None:
+            self._scheduler_ = Scheduler(1, self._ids.__next__, clock=self._clock)
+        return self._scheduler_
 
     def next_result(self) -> BatchResult:
         """The next finished part of a batch: a batch comes back in parts
