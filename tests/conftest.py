@@ -1,7 +1,7 @@
 """Fixtures every test shares.
 
 * ``backend``: runs a behaviour test on every backend (the process backend
-  under each start method).
+  under each start method; interpreters where this Python has them).
 * An autouse check that a test leaves no child process and no parcelout
   thread behind.
 """
@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Iterator
 
+import cloudpickle
 import psutil
 import pytest
 
@@ -22,17 +23,35 @@ import pytest
 # tests' own process, where only a test that asks for a bar gets one.
 import tqdm  # noqa: F401
 
+from parcelout.backends._interpreter import available as interpreters_available
 from tests.waits import wait_until
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-BACKENDS = ["serial", "thread", "process"]
+NO_INTERPRETERS = "no sub-interpreters here: Python 3.14+, or 3.13 with parcelout[interpreters]"
+BACKENDS = [
+    "serial",
+    "thread",
+    "process",
+    pytest.param("interpreter", marks=pytest.mark.skipif(not interpreters_available(), reason=NO_INTERPRETERS)),
+]
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
+def backend(request: pytest.FixtureRequest) -> Iterator[str]:
     name: str = request.param
-    return name
+    if name != "interpreter":
+        yield name
+        return
+    # A sub-interpreter imports a function's module to unpickle it, and a test
+    # module cannot be imported there: it imports hypothesis or psutil, whose
+    # extension modules do not load in sub-interpreters. So its functions and
+    # classes travel by value, as those of a script do.
+    cloudpickle.register_pickle_by_value(request.module)
+    try:
+        yield name
+    finally:
+        cloudpickle.unregister_pickle_by_value(request.module)
 
 
 @pytest.fixture(params=["forkserver", "spawn"])

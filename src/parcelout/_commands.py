@@ -50,7 +50,7 @@ from parcelout.errors import JournalError, RemoteError, describe_item
 Key = str | int
 KeyOf = Callable[[int, Any], Key]
 TOP_ERRORS = 5  # error types named in the failure summary
-BACKEND_CHOICES = ("auto", "serial", "thread", "process", "dask", "ray")
+BACKEND_CHOICES = ("auto", "serial", "thread", "process", "interpreter", "dask", "ray")
 FLAG_OPTIONS = ("workers", "chunksize", "task_timeout", "retries")  # imap's keywords that are also flags of run
 TRUST_OWNER_HELP = "use a journal that another user owns (its pickles run code when loaded: trust its owner)"
 SIDE_FILES = ("-wal", "-shm", "-journal")  # SQLite's files beside a database

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from parcelout._journal import Journal
 
 OnError = Literal["raise", "return", "skip"]
-BACKEND_NAMES = ("auto", "serial", "thread", "process", "dask", "ray")
+BACKEND_NAMES = ("auto", "serial", "thread", "process", "interpreter", "dask", "ray")
 CLUSTER_BACKENDS = ("dask", "ray")
 START_METHODS = ("fork", "forkserver", "spawn")
 ProgressSpec = bool | Callable[[int, int | None], object] | Mapping[str, Any]
@@ -230,6 +230,9 @@ def make_policy(
     max_crashes: int = DEFAULT_POLICY.max_crashes,
 ) -> Policy:
     """The failure policy these options describe, checked."""
+    defaults = (task_timeout, retries, retry_on, backoff, max_crashes)
+    if defaults == (None, 0, None, 0.0, DEFAULT_POLICY.max_crashes) and bool not in map(type, defaults):
+        return DEFAULT_POLICY  # the common case, at no cost (False and True compare equal to 0 and 1)
     if task_timeout is not None:
         if isinstance(task_timeout, bool) or not isinstance(task_timeout, int | float):
             raise TypeError(f"task_timeout must be a number of seconds or None, not {type(task_timeout).__name__}")
@@ -338,7 +341,7 @@ class PoolOptions:
 
     @property
     def kind(self) -> str:
-        """serial, thread, process, or custom (a backend factory)."""
+        """serial, thread, process, interpreter, dask, ray, or custom (a backend factory)."""
         if not isinstance(self.backend, str):
             return "custom"
         return "process" if self.backend == "auto" else self.backend

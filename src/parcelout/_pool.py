@@ -39,7 +39,17 @@ from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from parcelout._core._batcher import CLUSTER_TARGET_SECONDS, TARGET_SECONDS
 from parcelout._core._engine import BackendFactory, Engine
-from parcelout._core._messages import DEFAULT_POLICY, Batch, BatchResult, Call, Policy, Shutdown, Submitted
+from parcelout._core._messages import (
+    DEFAULT_POLICY,
+    Backend,
+    Batch,
+    BatchResult,
+    Call,
+    Event,
+    Policy,
+    Shutdown,
+    Submitted,
+)
 from parcelout._core._scheduler import Scheduler
 from parcelout._journal import Journal
 from parcelout._options import (
@@ -77,7 +87,7 @@ _SERIAL_TIMEOUT = (
 
 # How many batches a worker may hold: a process worker gets the next batch
 # while it runs one, hiding the pipe's round trip; a thread needs no head start.
-_DEPTH = {"process": 2, "thread": 1, "custom": 1, "dask": 1, "ray": 1}
+_DEPTH = {"process": 2, "thread": 1, "interpreter": 1, "custom": 1, "dask": 1, "ray": 1}
 
 
 class Pool(Executor):
@@ -146,9 +156,9 @@ class Pool(Executor):
         if workers is not None and max_workers is not None:
             raise TypeError("give workers or max_workers, not both")
         backend = _pool_backend(backend)
-        task_timeout = checked("Pool", {"task_timeout": task_timeout, "timeout": timeout}, TIMEOUT_NAMES)[
-            "task_timeout"
-        ]
+        if timeout is not None:  # the old name of task_timeout
+            given = {"task_timeout": task_timeout, "timeout": timeout}
+            task_timeout = checked("Pool", given, TIMEOUT_NAMES)["task_timeout"]
         if max_tasks_per_worker is not None and max_tasks_per_child is not None:
             raise TypeError("give max_tasks_per_worker or max_tasks_per_child, not both")
         options = PoolOptions(
@@ -666,6 +676,8 @@ def _results(
 
 def _backend_and_size(options: PoolOptions) -> tuple[BackendFactory, int]:
     """The backend factory for these options, and how many workers it has."""
+    if options.kind == "serial":
+        return _no_backend, 1  # the caller's thread is the worker: no engine
     if options.kind in ("dask", "ray"):
         from parcelout.backends._cluster import SLOTS_PER_CPU, ClusterBackend
 
@@ -676,6 +688,10 @@ def _backend_and_size(options: PoolOptions) -> tuple[BackendFactory, int]:
         # Two batches per worker: one running, one waiting on the cluster.
         return factory, SLOTS_PER_CPU * options.workers if options.workers else cluster.slots()
     return _backend_factory(options), options.size
+
+
+def _no_backend(report: Callable[[Event], None]) -> Backend:
+    raise AssertionError("a serial pool starts no backend")  # pragma: no cover
 
 
 def _open_cluster(options: PoolOptions) -> Cluster:
@@ -700,6 +716,11 @@ def _backend_factory(options: PoolOptions) -> BackendFactory:
         return functools.partial(
             ThreadBackend, initializer=options.initializer, initargs=options.initargs, name_prefix=prefix
         )
+    if options.kind == "interpreter":
+        from parcelout.backends._interpreter import InterpreterBackend, load
+
+        load()  # no interpreters here: the error that says what to install, at the call
+        return functools.partial(InterpreterBackend, initializer=options.initializer, initargs=options.initargs)
     from parcelout.backends._process import ProcessBackend, default_context
 
     context = options.mp_context or default_context(options.start_method)
