@@ -71,3 +71,21 @@ def test_only_the_scheduler_decides_retries_and_back_off_and_no_lane_sleeps() ->
         assert not calls & {"retries_after", "backoff_before"}, f"{path.name} decides a retry itself"
         if path.name not in ("_demo.py", "_stress.py"):  # the demo's work sleeps; stress yields the GIL with sleep(0)
             assert "sleep" not in calls, f"{path.name} sleeps"
+
+
+def test_the_package_exports_exactly_what_it_lists_and_a_worker_imports_little() -> None:
+    import subprocess
+
+    assert sorted(parcelout.__all__) == sorted([*parcelout._WHERE, *parcelout._SUBMODULES])
+    for name in parcelout.__all__:
+        assert getattr(parcelout, name) is not None
+    with_child = subprocess.run(
+        [sys.executable, "-c", "import sys, parcelout.backends._child; print(sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    # A process worker starts without the library's front (the API, auto, the journal, sqlite3).
+    for heavy in ("parcelout._api", "parcelout._auto", "parcelout._journal", "sqlite3", "parcelout._stream"):
+        assert f"'{heavy}'" not in with_child, heavy
