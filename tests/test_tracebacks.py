@@ -46,3 +46,19 @@ def test_a_worker_traceback_names_the_script_and_starts_at_its_frame(method: str
     frames = remote.group(1)
     assert "<dynamic-code>" not in frames
     assert frames.startswith(f'  File "{script}", line 7, in boom\n    raise ValueError("three")'), frames
+
+
+def test_an_interpreter_workers_traceback_names_the_script_too(tmp_path: Path) -> None:
+    from parcelout.backends._interpreter import available
+
+    if not available():
+        pytest.skip("no sub-interpreters here: Python 3.14+, or 3.13 with parcelout[interpreters]")
+    script = tmp_path / "job.py"
+    script.write_text(SCRIPT.replace("{call}", 'parcelout.map(boom, range(5), backend="interpreter")'))
+    run = run_script(script)
+    assert run.returncode == 1
+    remote = re.search(r'"""\nTraceback \(most recent call last\):\n(.*?)"""', run.stderr, flags=re.DOTALL)
+    assert remote, run.stderr
+    frames = remote.group(1)
+    assert "<dynamic-code>" not in frames
+    assert frames.startswith(f'  File "{script}", line 7, in boom\n    raise ValueError("three")'), frames

@@ -44,7 +44,6 @@ import queue
 import re
 import sys
 import threading
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +53,7 @@ import cloudpickle
 from parcelout._core._messages import Batch, BatchDone, Event, InitFailed, ItemStarted, WorkerExited
 from parcelout.backends import _wire as wire
 from parcelout.backends._base import run_batch
+from parcelout.backends._tracebacks import locate, transportable
 
 # Seconds an interpreter may take to start, and to start its first batch.
 START_DEADLINE = 30.0
@@ -66,9 +66,11 @@ _log = logging.getLogger("concurrent.futures")
 _BOOT = """\
 import sys
 sys.path[:] = _parcelout_path
+from parcelout.backends import _tracebacks
+_tracebacks.MAIN_FILE = _parcelout_main  # the parent's script, for tracebacks of its functions
 from parcelout.backends._interpreter import Runner
 _parcelout = Runner(_parcelout_results)
-del _parcelout_path, _parcelout_results
+del _parcelout_path, _parcelout_results, _parcelout_main
 """
 
 
@@ -206,7 +208,9 @@ class InterpreterBackend:
         interp = self._api.create()
         try:
             results = self._api.create_queue()
-            interp.prepare_main(_parcelout_path=path, _parcelout_results=results)
+            main = getattr(sys.modules.get("__main__"), "__file__", None)
+            main = main if isinstance(main, str) else None
+            interp.prepare_main(_parcelout_path=path, _parcelout_results=results, _parcelout_main=main)
             interp.exec(_BOOT)
         except BaseException:
             interp.close()
@@ -337,7 +341,7 @@ class Runner:
             initializer(*initargs)
         except BaseException as exc:
             explain_import_error(exc)
-            failure, _ = wire.encode([transportable(exc)], lambda _: "")
+            failure, _ = wire.encode([transportable(exc, _OWN_FILES)], lambda _: "")
             self._results.put_nowait(failure)
         else:
             self._results.put_nowait(b"")
@@ -396,10 +400,10 @@ class Runner:
             positions = sorted(errors)
             for pos in positions:
                 explain_import_error(errors[pos])
-            failures, _ = wire.encode([transportable(errors[pos]) for pos in positions], lambda _: "")
+            failures, _ = wire.encode([transportable(errors[pos], _OWN_FILES) for pos in positions], lambda _: "")
             reply = pickle.dumps((self._elapsed, blob, positions, failures), protocol=pickle.HIGHEST_PROTOCOL)
         except BaseException as exc:  # even the encoding failed: every item that ran fails with it
-            failures, _ = wire.encode([transportable(exc)] * ran, lambda _: "")
+            failures, _ = wire.encode([transportable(exc, _OWN_FILES)] * ran, lambda _: "")
             blank, _ = wire.encode([None] * ran, lambda _: "")
             reply = pickle.dumps((self._elapsed, blank, list(range(ran)), failures))
         finally:
@@ -418,6 +422,8 @@ def _load_function(fn_bytes: bytes) -> Callable[..., Any] | BaseException:
         exc.add_note("parcelout: the function could not be unpickled in the worker's interpreter")
         explain_import_error(exc)
         return exc
+    with contextlib.suppress(Exception):  # only tracebacks are at stake
+        locate(fn)  # a function sent by value: its tracebacks name the user's file and line
     return fn
 
 
@@ -443,23 +449,4 @@ def explain_import_error(exc: BaseException) -> None:
         cause = cause.__cause__ or cause.__context__
 
 
-def transportable(exc: BaseException) -> tuple[BaseException, str]:
-    """The exception, or a ``RemoteError`` standing in for one that does not
-    survive a pickle round trip, and its traceback text (from the user's
-    frames on: parcelout's are left out). ``_child.transportable`` does the
-    same in a process, whose module an interpreter cannot import."""
-    frames = exc.__traceback__
-    while frames is not None and frames.tb_frame.f_code.co_filename in _OWN_FILES:
-        frames = frames.tb_next
-    tb = "".join(traceback.format_exception(type(exc), exc, frames))
-    try:
-        pickle.loads(cloudpickle.dumps(exc))
-    except BaseException as why:  # a __reduce__ may even exit
-        from parcelout.errors import RemoteError
-
-        name = f"{type(exc).__module__}.{type(exc).__qualname__}"
-        return RemoteError(name, str(exc), f"{type(why).__name__}: {why}"), tb
-    return exc, tb
-
-
-_OWN_FILES = frozenset({run_batch.__code__.co_filename, __file__})
+_OWN_FILES = frozenset({__file__})  # with run_batch's: the frames a traceback leaves out

@@ -55,7 +55,7 @@ def run_task(
     """Run one batch: ``("done", seconds, results, positions, exceptions)``,
     ``("init_failed", exception)`` when the initializer raised here, or
     ``("stopped",)`` when the parent stopped the task through ``line``."""
-    from parcelout.backends._child import transportable
+    from parcelout.backends._tracebacks import transportable
 
     if init_bytes is not None:
         failure = _initialize(init_bytes)
