@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 
-def run_script(script: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_script(script: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` with the command-line ``args``."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     return subprocess.run(
-        [sys.executable, str(script)],
+        [sys.executable, str(script), *args],
         cwd=script.parent,
         capture_output=True,
         text=True,

@@ -129,8 +129,8 @@ def test_the_initializer_runs_in_each_worker_before_its_work(backend: str) -> No
     if backend != "process":
         _state.clear()
     values = parcelout.map(read_state, range(40), backend=backend, workers=2, initializer=remember, initargs=(7,))
-    if backend == "process":
-        assert values == [7] * 40  # once per fresh process
+    if backend in ("process", "interpreter"):
+        assert values == [7] * 40  # once per fresh process or interpreter
     else:  # threads and the calling thread share one module: once per worker
         assert set(values) <= {7, 14}
         assert _state["value"] in {7, 14}

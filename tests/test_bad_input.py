@@ -444,10 +444,11 @@ UNPICKLABLE_EXCEPTIONS = [
 
 
 def check_stand_in(error: BaseException, backend: str, case: Unsendable) -> None:
-    """In process, the exception itself; from a process worker, a ``RemoteError``
-    naming its type, its message, why it could not travel, and its traceback."""
+    """In process, the exception itself; from a process worker or a
+    sub-interpreter, a ``RemoteError`` naming its type, its message, why it
+    could not travel, and its traceback."""
     kind, message = case.kind, case.message
-    if backend != "process":
+    if backend not in ("process", "interpreter"):
         assert type(error) is kind
         assert str(error) == message
         return

@@ -55,6 +55,7 @@ import cloudpickle
 
 from parcelout.backends import _wire as wire
 from parcelout.backends._base import Slot, run_batch
+from parcelout.backends._namespaces import settle
 from parcelout.backends._tracebacks import locate, transportable
 
 STOP = b"stop"
@@ -92,7 +93,7 @@ def main(conn: Connection, slot: Slot, init: Initializer | None, stderr: Connect
     threading.Thread(target=_receive, args=(conn, inbox), daemon=True).start()
     if init is not None:
         try:
-            initializer = cloudpickle.loads(init[0])
+            initializer = settle(cloudpickle.loads(init[0]))  # its script's globals, shared with the functions
             initargs = cloudpickle.loads(init[1]) if isinstance(init[1], bytes) else init[1]
             initializer(*initargs)
         except BaseException as exc:
@@ -100,6 +101,7 @@ def main(conn: Connection, slot: Slot, init: Initializer | None, stderr: Connect
 
             # Where ProcessPoolExecutor's workers log it (an initializer may have set up a handler).
             logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=True)
+            _flush_log_queues(logging)
             failure, _ = wire.encode([transportable(exc)], lambda _: "")
             _send(conn, ("init_failed", failure))
             return
@@ -107,6 +109,22 @@ def main(conn: Connection, slot: Slot, init: Initializer | None, stderr: Connect
     fns: dict[int, Callable[..., Any] | BaseException] = {}
     while (message := inbox.get()) is not None:
         _send(conn, *_run_or_fail(message, fns, slot, conn))
+
+
+def _flush_log_queues(logging: Any) -> None:
+    """Let what was logged through a ``multiprocessing`` queue (a
+    ``QueueHandler``, as the standard pool's users set up in an initializer)
+    reach the parent before this worker reports that its initializer failed:
+    the pool breaks at that report, and its owner reads the log then. (The
+    standard pool breaks only once the worker has exited, which flushes.)"""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            queue_: Any = getattr(handler, "queue", None)
+            if callable(getattr(queue_, "join_thread", None)):
+                with contextlib.suppress(Exception):
+                    queue_.close()
+                    queue_.join_thread()
 
 
 def _lead_a_process_group() -> None:
@@ -357,7 +375,7 @@ def _reply(
 
 def _load_function(fn_bytes: bytes) -> Callable[..., Any] | BaseException:
     try:
-        fn: Callable[..., Any] = pickle.loads(fn_bytes)
+        fn: Callable[..., Any] = settle(pickle.loads(fn_bytes))  # sees what the initializer set
     except BaseException as exc:  # kept for the token's later batches, even a SystemExit
         exc.add_note("parcelout: the function could not be unpickled in the worker process")
         return exc

@@ -53,6 +53,7 @@ import cloudpickle
 from parcelout._core._messages import Batch, BatchDone, Event, InitFailed, ItemStarted, WorkerExited
 from parcelout.backends import _wire as wire
 from parcelout.backends._base import run_batch
+from parcelout.backends._namespaces import settle
 from parcelout.backends._tracebacks import locate, transportable
 
 # Seconds an interpreter may take to start, and to start its first batch.
@@ -338,7 +339,7 @@ class Runner:
     def initialize(self, blob: bytes) -> None:
         try:
             initializer, initargs = pickle.loads(blob)
-            initializer(*initargs)
+            settle(initializer)(*initargs)  # its script's globals, shared with the functions
         except BaseException as exc:
             explain_import_error(exc)
             failure, _ = wire.encode([transportable(exc, _OWN_FILES)], lambda _: "")
@@ -417,7 +418,7 @@ def _no_function(*args: Any) -> None:
 
 def _load_function(fn_bytes: bytes) -> Callable[..., Any] | BaseException:
     try:
-        fn: Callable[..., Any] = pickle.loads(fn_bytes)
+        fn: Callable[..., Any] = settle(pickle.loads(fn_bytes))  # sees what the initializer set
     except BaseException as exc:  # kept for the token's later batches, even a SystemExit
         exc.add_note("parcelout: the function could not be unpickled in the worker's interpreter")
         explain_import_error(exc)
