@@ -75,6 +75,10 @@ Row = dict[str, Any]
 
 PARCELOUT = "parcelout"  # the row under test: all defaults
 PARCELOUT_ROWS = (PARCELOUT, "parcelout-thread", "parcelout-process")
+INTERPRETER = "parcelout-interpreter"  # where sub-interpreters exist (3.13 with the extra, 3.14+)
+# The workloads whose functions a sub-interpreter can run (pure Python; the
+# others' modules import NumPy, which cannot load there).
+INTERPRETER_WORKLOADS = ("startup", "tiny", "cpu_py", "init_per_worker", "skewed", "one_slow_item")
 DEFAULT_WORKLOADS = [
     "startup",
     "tiny",
@@ -137,6 +141,22 @@ def register() -> None:
     backends = {PARCELOUT: None, "parcelout-thread": "thread", "parcelout-process": "process"}
     for name in PARCELOUT_ROWS:
         peers.LIBS[name] = peers.Lib(name, r_parcelout(backends[name]), calls[name], ["parcelout"])
+    from parcelout.backends._interpreter import available
+
+    if available():
+        call = "parcelout.map(f, items, backend='interpreter', workers=w)  (pure-Python workloads)"
+        peers.LIBS[INTERPRETER] = peers.Lib(INTERPRETER, r_interpreter, call, ["parcelout"])
+
+
+def r_interpreter(wl: Any, items: list[Any], w: Any) -> list[Any]:
+    """The interpreter row (the workloads' modules import nothing a
+    sub-interpreter cannot load; the worker gets this process's path)."""
+    import parcelout
+
+    kw: dict[str, Any] = {"backend": "interpreter", "workers": w}
+    if wl.init is not None:
+        kw["initializer"] = wl.init
+    return parcelout.map(wl.fn, items, **kw)
 
 
 register()
@@ -144,7 +164,8 @@ register()
 
 def all_libs() -> list[str]:
     """Row order: serial, the parcelout rows, then peers' rows."""
-    return ["serial", *PARCELOUT_ROWS, *(n for n in peers.LIBS if n != "serial" and n not in PARCELOUT_ROWS)]
+    ours = [*PARCELOUT_ROWS, *([INTERPRETER] if INTERPRETER in peers.LIBS else [])]
+    return ["serial", *ours, *(n for n in peers.LIBS if n != "serial" and n not in ours)]
 
 
 def is_peer(lib: str, workload: str) -> bool:
@@ -251,6 +272,8 @@ def plan_cells(only: Sequence[str], libs: Sequence[str], scale: float, repeat: i
     for wname in only:
         n = peers.plan([wname], ["serial"], scale, repeat)[0]["n"]
         for lib in libs:
+            if lib == INTERPRETER and wname not in INTERPRETER_WORKLOADS:
+                continue
             if lib == PARCELOUT:
                 cells.append({"workload": wname, "lib": lib, "workers": "auto", "n": n, "repeat": repeat})
             else:
