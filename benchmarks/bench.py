@@ -141,8 +141,10 @@ def register() -> None:
     backends = {PARCELOUT: None, "parcelout-thread": "thread", "parcelout-process": "process"}
     for name in PARCELOUT_ROWS:
         peers.LIBS[name] = peers.Lib(name, r_parcelout(backends[name]), calls[name], ["parcelout"])
-    from parcelout.backends._interpreter import available
-
+    try:
+        from parcelout.backends._interpreter import available
+    except ImportError:  # a parcelout without the backend (comparing with an older one)
+        return
     if available():
         call = "parcelout.map(f, items, backend='interpreter', workers=w)  (pure-Python workloads)"
         peers.LIBS[INTERPRETER] = peers.Lib(INTERPRETER, r_interpreter, call, ["parcelout"])
