@@ -340,9 +340,11 @@ def test_a_first_batch_that_does_not_start_gives_the_interpreter_up(
     monkeypatch.setattr(_interpreter, "START_DEADLINE", 0.3)
     hang = BlockingLoad(gate())
     start = time.monotonic()
-    with pytest.raises(StartupFailed, match=r"did not start its first batch within 0\.3 s"):
+    with pytest.raises(StartupFailed, match=r"did not start its first batch within 0\.3 s") as raised:
         parcelout.map(repr, [hang], backend="interpreter", workers=1)
     assert time.monotonic() - start < PROMPTLY
+    assert "workers in a row failed to start" in str(raised.value)
+    assert "process" not in str(raised.value)  # nothing about processes or a script's guard: not the cause here
 
 
 @needs_interpreters

@@ -277,19 +277,20 @@ class Scheduler:
             else:
                 self._start_failures += 1
             if self._start_failures >= START_FAILURES_TO_BREAK or self._start_kills >= START_KILLS_TO_BREAK:
-                cause = WorkerCrashed(
-                    f"a worker process died during start-up ({describe_exit(event.exitcode)})", event.exitcode
-                )
-                self._break(
-                    f"{max(self._start_failures, self._start_kills)} worker processes in a row died during "
-                    f"start-up, the last with {describe_exit(event.exitcode)}; "
-                    + (event.detail or "see their standard error")
-                    + " (a main module that cannot be imported again in a worker, or a script without the "
-                    '`if __name__ == "__main__":` guard, is a common cause)',
-                    cause,
-                    worker,
-                    out,
-                )
+                count = max(self._start_failures, self._start_kills)
+                if event.exitcode is None:  # not a process (a sub-interpreter): what it knows is in detail
+                    cause = WorkerCrashed(f"a worker failed to start ({event.detail or 'no detail'})", None)
+                    reason = f"{count} workers in a row failed to start; " + (event.detail or "no detail")
+                else:
+                    how = describe_exit(event.exitcode)
+                    cause = WorkerCrashed(f"a worker process died during start-up ({how})", event.exitcode)
+                    reason = (
+                        f"{count} worker processes in a row died during start-up, the last with {how}; "
+                        + (event.detail or "see their standard error")
+                        + " (a main module that cannot be imported again in a worker, or a script without the "
+                        '`if __name__ == "__main__":` guard, is a common cause)'
+                    )
+                self._break(reason, cause, worker, out)
         if worker.inflight and not self._killing:
             self._attribute_crash(worker, event, out)
         elif worker.inflight:
