@@ -24,6 +24,8 @@ from parcelout._auto_decide import (
     TINY_SAMPLES,
     Continue,
     Decision,
+    InterpreterProbe,
+    NeedInterpreterProbe,
     NeedPickleCost,
     PickleCost,
     Plan,
@@ -70,7 +72,7 @@ def measured(
 @dataclass(frozen=True)
 class Row:
     samples: Samples
-    expect: str  # "continue", "probe", "pickle?" or "<backend> <workers>"
+    expect: str  # "continue", "probe", "pickle?", "interpreter?" or "<backend> <workers>"
     reason: str = ""  # a part of the plan's reason
     machine: dict[str, Any] = field(default_factory=dict)  # overrides of MACHINE
 
@@ -89,6 +91,8 @@ def said(decision: Decision) -> str:
         return "probe"
     if isinstance(decision, NeedPickleCost):
         return "pickle?"
+    if isinstance(decision, NeedInterpreterProbe):
+        return "interpreter?"
     return f"{decision.backend} {decision.workers}"
 
 
@@ -164,6 +168,34 @@ TABLE = {
         measured(*COMPUTING, probe=(1.0, 1.0), probed=10), "process 4", "", {"total": 14 + 101}
     ),
     "unknown length: process": Row(measured(*COMPUTING, probe=(1.0, 1.0)), "process 4", "", {"total": None}),
+    # ------------------------------------------------ sub-interpreters, where they are available
+    "processes start fast (fork server): no interpreter probe": Row(
+        measured(*COMPUTING, probe=(1.0, 1.0)), "process 4", "", {"interpreters": True, "process_start": 0.02}
+    ),
+    "processes start slowly (spawn): probe an interpreter": Row(
+        measured(*COMPUTING, probe=(1.0, 1.0)), "interpreter?", "", {"interpreters": True, "process_start": 0.07}
+    ),
+    "an interpreter starts faster than processes: interpreters": Row(
+        measured(*COMPUTING, probe=(1.0, 1.0)),
+        "interpreter 4",
+        "a sub-interpreter started and loaded it in",
+        {"interpreters": True, "process_start": 0.07, "interpreter": InterpreterProbe(0.04)},
+    ),
+    "an interpreter starts slower than processes: processes": Row(
+        measured(*COMPUTING, probe=(1.0, 1.0)),
+        "process 4",
+        "only processes",
+        {"interpreters": True, "process_start": 0.07, "interpreter": InterpreterProbe(0.09)},
+    ),
+    "it cannot run in an interpreter (NumPy): processes": Row(
+        measured(*COMPUTING, probe=(1.0, 1.0)),
+        "process 4",
+        "cannot run in a sub-interpreter (ImportError: numpy",
+        {"interpreters": True, "process_start": 0.07, "interpreter": InterpreterProbe(None, "ImportError: numpy")},
+    ),
+    "no interpreters here: processes, whatever they cost to start": Row(
+        measured(*COMPUTING, probe=(1.0, 1.0)), "process 4", "", {"interpreters": False, "process_start": 0.07}
+    ),
     # ------------------------------------------------ workers
     "workers= overrides": Row(measured(*COMPUTING, probe=(1.0, 1.0)), "process 3", "", {"workers": 3}),
     "workers= overrides for waiting work": Row(measured((1, 5 * MS, 0)), "thread 3", "", {"workers": 3}),

@@ -442,3 +442,41 @@ def test_before_python_3_13_the_error_names_the_versions() -> None:
     with pytest.raises(ImportError, match=message):
         parcelout.Pool(2, backend="interpreter")
     assert not _interpreter.available()
+
+
+# ---------------------------------------------------------------- backend="auto"
+
+
+def holds_the_gil(x: int) -> int:
+    total = 0
+    for i in range(40_000):  # about 2 ms of pure Python
+        total += (i * x) % 7
+    return total
+
+
+@needs_interpreters
+def test_auto_weighs_interpreters_only_where_processes_start_slowly() -> None:
+    # From the fork server (the default on Linux) processes start in about 20 ms:
+    # faster than any sub-interpreter, so none is tried.
+    assert parcelout.explain(holds_the_gil, range(2000)).backend == "process"
+    # With spawn, processes take about 70 ms to start: a sub-interpreter is tried.
+    plan = parcelout.explain(holds_the_gil, range(2000), start_method="spawn")
+    assert plan.measurements.interpreter_start_seconds is not None, str(plan)
+    if plan.backend == "interpreter":
+        assert "sub-interpreter started and loaded it" in plan.reason
+    else:  # a loaded machine may start it slower than processes would
+        assert plan.backend == "process", str(plan)
+    # Whichever it chose, the run gives every result once, in order.
+    assert parcelout.map(holds_the_gil, range(60), start_method="spawn") == [holds_the_gil(x) for x in range(60)]
+
+
+@needs_interpreters
+def test_auto_sends_numpy_work_to_processes_not_interpreters() -> None:
+    numpy = pytest.importorskip("numpy")
+
+    def uses_numpy(x: int) -> int:
+        return int(numpy.sqrt(x)) + holds_the_gil(x)
+
+    plan = parcelout.explain(uses_numpy, range(2000), start_method="spawn")
+    assert plan.backend == "process", str(plan)
+    assert "cannot run in a sub-interpreter" in plan.reason

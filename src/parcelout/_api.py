@@ -9,10 +9,12 @@ dropped and process workers are killed.
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any, Literal, TypeVar, Unpack, overload
 
 from parcelout._auto import AutoLane, Measurements, Plan
+from parcelout._auto_decide import PROCESS_START_SECONDS
 from parcelout._core._feeder import Feeder
 from parcelout._core._messages import Call
 from parcelout._failure import Failure
@@ -356,6 +358,7 @@ def _auto_lane(
         make_lane=lambda plan: pool_for(plan.backend, plan.workers)._new_lane(),
         policy=run.policy,
         on_plan=on_plan,
+        process_start=process_start(pool_options),
     )
 
 
@@ -378,7 +381,15 @@ def explain(fn: Callable[..., Any], items: Iterable[Any], /, **options: Unpack[O
     assert isinstance(inline, InlineLane)
     total = length_of(items)
     workers = pool_options.workers
-    lane = AutoLane(fn, total=total, workers=workers, inline=inline, make_lane=lambda plan: None, policy=policy)
+    lane = AutoLane(
+        fn,
+        total=total,
+        workers=workers,
+        inline=inline,
+        make_lane=lambda plan: None,
+        policy=policy,
+        process_start=process_start(pool_options),
+    )
     source = Feeder(items)
     try:
         plan = lane.measure(Call(fn), source.take, policy)
@@ -397,3 +408,12 @@ def _named_plan(pool_options: PoolOptions, run: RunOptions) -> Plan:
     workers = 1 if kind == "serial" else pool_options.size
     chunksize = None if kind == "serial" else run.chunksize
     return Plan(kind, workers, chunksize, "the backend was named", Measurements(0, 0.0, 1.0, None, None, None, False))
+
+
+def process_start(pool_options: PoolOptions) -> float:
+    """About how long process workers take to start, by the start method they
+    would use (auto weighs sub-interpreters against it)."""
+    method = pool_options.start_method
+    if method is None:  # parcelout's default (backends._process.default_context)
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    return PROCESS_START_SECONDS.get(method, PROCESS_START_SECONDS["spawn"])

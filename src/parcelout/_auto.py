@@ -50,14 +50,18 @@ import cloudpickle
 
 from parcelout._auto_decide import (
     BUSY_SWITCH_INTERVAL,
+    INTERPRETER_START_FLOOR,
     PICKLE_TRIALS,
     PROBE_SECONDS,
+    PROCESS_START_SECONDS,
     RUNNING_LOOK_SECONDS,
     SERIAL_BUDGET,
     TINY_SECONDS,
     Continue,
     Decision,
+    InterpreterProbe,
     Measurements,
+    NeedInterpreterProbe,
     PickleCost,
     Plan,
     Probe,
@@ -169,10 +173,19 @@ class Measurer:
     """Adds up the readings ``AutoLane`` hands it (under its lock) and asks
     ``decide`` once each may tell; holds the plan once there is one."""
 
-    def __init__(self, fn: Callable[..., Any], total: int | None, workers: int | None) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        total: int | None,
+        workers: int | None,
+        process_start: float = PROCESS_START_SECONDS["forkserver"],
+    ) -> None:
         self._fn = fn
         self._total = total
         self._workers = workers
+        self._process_start = process_start
+        self._interpreters: bool | None = None  # whether sub-interpreters exist here: asked only if they may matter
+        self._interpreter: InterpreterProbe | None = None
         self.samples = Samples()
         self._sample: tuple[object, object] | None = None  # an item and its result
         self._pickle_cost: PickleCost | None = None  # timed once processes come into question
@@ -246,10 +259,29 @@ class Measurer:
                 free_threaded=free_threaded(),
                 pickle_cost=self._pickle_cost,
                 timeout=timeout,
+                process_start=self._process_start,
+                interpreters=self._interpreters_here(),
+                interpreter=self._interpreter,
             )
             if isinstance(decision, Continue | Probe | Plan):
                 return decision
+            if isinstance(decision, NeedInterpreterProbe):
+                from parcelout.backends._interpreter import probe
+
+                self._interpreter = InterpreterProbe(*probe(self._fn, self._sample))
+                continue
             self._pickle_cost = time_pickling(self._fn, self._sample)
+
+    def _interpreters_here(self) -> bool:
+        """Whether sub-interpreters are available, asked once, and only where
+        they could start faster than processes."""
+        if self._interpreters is None:
+            self._interpreters = False
+            if self._process_start > INTERPRETER_START_FLOOR:
+                from parcelout.backends._interpreter import available
+
+                self._interpreters = available()
+        return self._interpreters
 
     def _apply(self, decision: Decision) -> None:
         if isinstance(decision, Plan):
@@ -328,8 +360,9 @@ class AutoLane:
         make_lane: Callable[[Plan], Lane | None],
         policy: Policy,
         on_plan: Callable[[Plan], object] | None = None,
+        process_start: float = PROCESS_START_SECONDS["forkserver"],
     ) -> None:
-        self.measurer = Measurer(fn, total, workers)
+        self.measurer = Measurer(fn, total, workers, process_start)
         self._inline = inline
         self._make_lane = make_lane
         self._on_plan = on_plan

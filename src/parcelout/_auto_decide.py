@@ -82,6 +82,14 @@ MAX_MEASURING_BATCH = 1000
 # 5 ms per hand-over, the calling thread would judge late and the pool's own
 # threads would starve its workers.
 BUSY_SWITCH_INTERVAL = 0.0005
+# Seconds to start a pool's process workers and run a first item, by start
+# method (measured on Linux, 2 workers: about 12 ms from the fork server, 72 ms
+# with spawn, which starts a fresh interpreter and imports parcelout in each).
+PROCESS_START_SECONDS = {"fork": 0.01, "forkserver": 0.02, "spawn": 0.07}
+# Starting a sub-interpreter and running a first item takes at least this long
+# (create it, import what a worker needs): where processes start faster, the
+# probe is not worth its cost, and processes it is.
+INTERPRETER_START_FLOOR = 0.03
 
 
 # ---------------------------------------------------------------- the outcome
@@ -96,6 +104,7 @@ class Measurements:
     gil_waits: float | None  # how often those threads slept, per switch interval
     pickle_seconds_per_item: float | None
     free_threaded: bool
+    interpreter_start_seconds: float | None = None  # a sub-interpreter started and loaded the function in this
 
 
 @dataclass(frozen=True)
@@ -131,6 +140,8 @@ class Plan:
             lines.append(f"  those threads slept {m.gil_waits:.2f} times per GIL switch interval")
         if m.pickle_seconds_per_item is not None:
             lines.append(f"  pickling an item and its result takes {seconds(m.pickle_seconds_per_item)}")
+        if m.interpreter_start_seconds is not None:
+            lines.append(f"  a sub-interpreter started and loaded it in {seconds(m.interpreter_start_seconds)}")
         if m.free_threaded:
             lines.append("  the interpreter runs without a GIL")
         return "\n".join(lines)
@@ -151,8 +162,25 @@ class NeedPickleCost:
     """Processes are in question: time pickling (``PickleCost``) and decide again."""
 
 
-Decision = Continue | Probe | NeedPickleCost | Plan
+@dataclass(frozen=True)
+class NeedInterpreterProbe:
+    """Sub-interpreters are in question (they may start faster than processes):
+    run the first item in one (``InterpreterProbe``) and decide again."""
+
+
+@dataclass(frozen=True)
+class InterpreterProbe:
+    """The first item run in a new sub-interpreter: ``seconds`` to start it
+    and run the item, its result pickled back; or ``error``, why it could not
+    (a module that cannot load there, as NumPy)."""
+
+    seconds: float | None
+    error: str | None = None
+
+
+Decision = Continue | Probe | NeedPickleCost | NeedInterpreterProbe | Plan
 CONTINUE, PROBE, NEED_PICKLE_COST = Continue(), Probe(), NeedPickleCost()
+NEED_INTERPRETER_PROBE = NeedInterpreterProbe()
 
 
 def seconds(s: float) -> str:
@@ -263,6 +291,9 @@ class _Machine(NamedTuple):
     cpus: int
     free_threaded: bool
     pickle_cost: PickleCost | None
+    process_start: float
+    interpreters: bool
+    interpreter: InterpreterProbe | None
 
 
 # ---------------------------------------------------------------- deciding
@@ -275,15 +306,22 @@ def decide(
     free_threaded: bool,
     pickle_cost: PickleCost | None = None,
     timeout: bool = False,
+    process_start: float = PROCESS_START_SECONDS["forkserver"],
+    interpreters: bool = False,
+    interpreter: InterpreterProbe | None = None,
 ) -> Decision:
     """What to do after ``samples``: measure on, probe, time pickling, or a plan.
 
     ``total``: the number of items, None if unknown; ``workers``: the
     caller's override; ``cpus``: usable CPUs; ``free_threaded``: no GIL;
     ``pickle_cost``: None until timed (``NeedPickleCost`` asks for it);
-    ``timeout``: a per-item timeout is set, and nothing may run here.
+    ``timeout``: a per-item timeout is set, and nothing may run here;
+    ``process_start``: seconds to start the process workers (see
+    ``PROCESS_START_SECONDS``); ``interpreters``: sub-interpreters are
+    available; ``interpreter``: None until probed (``NeedInterpreterProbe``
+    asks for it).
     """
-    machine = _Machine(total, workers, cpus, free_threaded, pickle_cost)
+    machine = _Machine(total, workers, cpus, free_threaded, pickle_cost, process_start, interpreters, interpreter)
     if timeout:
         return _plan(samples, machine, "process", cpus, "a timeout needs workers that can be stopped")
     if samples.ended:
@@ -385,6 +423,19 @@ def _decide_compute(samples: Samples, machine: _Machine) -> Decision:
     if _remaining_seconds(samples, machine) < PROCESS_WORTH_SECONDS:
         reason = "it holds the GIL, and the run is too short to pay for starting processes"
         return _plan(samples, machine, "serial", 1, reason)
+    if machine.interpreters and machine.process_start > INTERPRETER_START_FLOOR:
+        tried = machine.interpreter
+        if tried is None:
+            return NEED_INTERPRETER_PROBE
+        if tried.error is not None:
+            reason = f"it holds the GIL and cannot run in a sub-interpreter ({tried.error}): processes run it"
+            return _plan(samples, machine, "process", cpus, reason)
+        if tried.seconds is not None and tried.seconds < machine.process_start:
+            reason = (
+                f"it holds the GIL, and a sub-interpreter started and loaded it in {seconds(tried.seconds)}, "
+                f"where starting process workers takes about {seconds(machine.process_start)}"
+            )
+            return _plan(samples, machine, "interpreter", cpus, reason)
     return _plan(samples, machine, "process", cpus, "it holds the GIL: only processes run it in parallel")
 
 
@@ -417,6 +468,7 @@ def _plan(samples: Samples, machine: _Machine, backend: str, workers: int, reaso
         probe.gil_waits,
         None if cost is None else cost.seconds,
         machine.free_threaded,
+        None if machine.interpreter is None else machine.interpreter.seconds,
     )
     return Plan(backend, workers, chunksize, reason, measurements)
 

@@ -44,6 +44,7 @@ import queue
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,6 +100,41 @@ def load() -> Any:
     raise ImportError(
         f"backend='interpreter' needs Python 3.14 or later, or Python 3.13 with {INSTALL}; this is Python {version}"
     )
+
+
+# What ``probe`` runs in a new interpreter: start as a worker starts, then load
+# the function and a sample item and result, as a batch would bring them.
+_PROBE = """\
+import pickle, sys
+sys.path[:] = _parcelout_path
+from parcelout.backends._interpreter import Runner
+pickle.loads(_parcelout_fn)
+pickle.loads(_parcelout_sample)
+"""
+
+
+def probe(fn: Callable[..., Any], sample: tuple[object, object] | None) -> tuple[float | None, str | None]:
+    """How long a new sub-interpreter takes to start as a worker and load
+    ``fn`` and a sample item and its result (nothing is run): the seconds,
+    or None and why it cannot (a module of the function's that cannot load
+    in a sub-interpreter, such as NumPy)."""
+    start = time.perf_counter()
+    try:
+        api = load()
+        fn_bytes = cloudpickle.dumps(fn)
+        sample_bytes = cloudpickle.dumps(sample)
+        interp = api.create()
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+    try:
+        interp.prepare_main(_parcelout_path=tuple(sys.path), _parcelout_fn=fn_bytes, _parcelout_sample=sample_bytes)
+        interp.exec(_PROBE)
+    except Exception as exc:  # the interpreter's exception, as text (ExecutionFailed)
+        return None, str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    finally:
+        with contextlib.suppress(Exception):
+            interp.close()
+    return time.perf_counter() - start, None
 
 
 def available() -> bool:
