@@ -9,7 +9,6 @@ dropped and process workers are killed.
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any, Literal, TypeVar, Unpack, overload
 
@@ -19,7 +18,16 @@ from parcelout._core._feeder import Feeder
 from parcelout._core._messages import Call
 from parcelout._failure import Failure
 from parcelout._journal import Journal
-from parcelout._options import POLICY_OPTION_NAMES, OnError, Options, PoolOptions, RunOptions, checked, make_policy
+from parcelout._options import (
+    POLICY_OPTION_NAMES,
+    OnError,
+    Options,
+    PoolOptions,
+    RunOptions,
+    checked,
+    default_start_method,
+    make_policy,
+)
 from parcelout._pool import Pool, check_callable
 from parcelout._stream import InlineLane, Lane, drive_batches, flatten, length_of
 from parcelout.backends._base import Star
@@ -413,7 +421,5 @@ def _named_plan(pool_options: PoolOptions, run: RunOptions) -> Plan:
 def process_start(pool_options: PoolOptions) -> float:
     """About how long process workers take to start, by the start method they
     would use (auto weighs sub-interpreters against it)."""
-    method = pool_options.start_method
-    if method is None:  # parcelout's default (backends._process.default_context)
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    method = pool_options.start_method or default_start_method()
     return PROCESS_START_SECONDS.get(method, PROCESS_START_SECONDS["spawn"])

@@ -33,6 +33,17 @@ OnError = Literal["raise", "return", "skip"]
 BACKEND_NAMES = ("auto", "serial", "thread", "process", "interpreter", "dask", "ray")
 CLUSTER_BACKENDS = ("dask", "ray")
 START_METHODS = ("fork", "forkserver", "spawn")
+
+
+def default_start_method() -> str:
+    """parcelout's start method for process workers: forkserver where there
+    is one, else spawn. Not fork: the parent runs threads (the dispatcher,
+    the reader), and forking a process with threads can deadlock the child."""
+    import multiprocessing
+
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
 ProgressSpec = bool | Callable[[int, int | None], object] | Mapping[str, Any]
 RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], object]
 POLICY_OPTION_NAMES = ("task_timeout", "retries", "retry_on", "backoff", "max_crashes")  # make_policy's

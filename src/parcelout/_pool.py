@@ -238,15 +238,7 @@ class Pool(Executor):
                     return future
                 _run_inline(future, fn, args, kwargs, self._policy)
                 return future
-            batch = Batch(
-                next(self._ids),
-                Call(fn, star=True),
-                [(0, (args, kwargs))],
-                functools.partial(self._settle, future),
-                try_start=future.set_running_or_notify_cancel,
-                policy=self._policy,
-            )
-            self._engine.post(Submitted(batch))
+            self._post(future, Call(fn, star=True), [(0, (args, kwargs))], functools.partial(self._settle, future))
         return future
 
     def map(
@@ -291,16 +283,19 @@ class Pool(Executor):
         items: list[tuple[int, Any]] = [(start + i, (args, {})) for i, args in enumerate(chunk)]
         with self._lock:
             self._check_open()
-            batch = Batch(
-                next(self._ids),
-                call,
-                items,
-                _Chunk(future, start, len(chunk)),
-                try_start=future.set_running_or_notify_cancel,
-                policy=self._policy,
-            )
-            self._engine.post(Submitted(batch))
+            self._post(future, call, items, _Chunk(future, start, len(chunk)))
         return future
+
+    def _post(
+        self, future: Future[Any], call: Call, items: list[tuple[int, Any]], sink: Callable[[BatchResult], None]
+    ) -> None:
+        """Hand the engine a batch for ``future`` (under the lock, the pool open):
+        it starts when its future does, under the pool's policy."""
+        assert self._engine is not None
+        batch = Batch(
+            next(self._ids), call, items, sink, try_start=future.set_running_or_notify_cancel, policy=self._policy
+        )
+        self._engine.post(Submitted(batch))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; with ``wait``, return once every worker is gone

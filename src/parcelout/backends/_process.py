@@ -51,6 +51,7 @@ from typing import Any
 import cloudpickle
 
 from parcelout._core._messages import Batch, BatchDone, Event, InitFailed, ItemStarted, WorkerExited
+from parcelout._options import default_start_method
 from parcelout.backends import _child
 from parcelout.backends import _wire as wire
 
@@ -62,13 +63,9 @@ _log = logging.getLogger("parcelout")
 
 
 def default_context(start_method: str | None = None) -> Context:
-    """The start method asked for, else forkserver where there is one, else spawn.
-
-    Not fork: the parent runs threads (the dispatcher, the reader), and
-    forking a process with threads can deadlock the child.
-    """
+    """The start method asked for, else parcelout's default (``default_start_method``)."""
     if start_method is None:
-        start_method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        start_method = default_start_method()
     context = multiprocessing.get_context(start_method)
     if start_method == "forkserver":
         _add_forkserver_preload(context)
