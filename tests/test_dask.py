@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,11 @@ import pytest
 import parcelout
 from parcelout import Failure, TaskTimeout
 from parcelout._journal import read_outcomes
-from tests.cluster_work import Stalls, fail_on_3, runs_of, slow_on_2, square
+from tests.cluster_checks import (
+    a_stalled_item_fails_alone_and_frees_its_slot,
+    a_timed_out_item_runs_again_when_its_policy_says,
+)
+from tests.cluster_work import fail_on_3, slow_on_2, square
 from tests.waits import wait_until
 
 distributed = pytest.importorskip("distributed")
@@ -158,33 +161,11 @@ def test_timeout_and_retries(cluster: str) -> None:
 
 
 def test_an_item_past_its_task_timeout_fails_alone_and_frees_its_slot(cluster: str, tmp_path: Path) -> None:
-    # A stalled item in each of the first two batches holds each of the cluster's two threads:
-    # the rest ends in time only if the killed tasks let go of them.
-    began = time.monotonic()
-    options: dict[str, Any] = {"backend": "dask", "address": cluster, "chunksize": 3, "on_error": "return"}
-    out = parcelout.map(Stalls(tmp_path, {1, 4}), range(8), task_timeout=1, **options)
-    assert time.monotonic() - began < 20  # the stalled items wait 30 s
-    for stalled in (1, 4):
-        failure = out[stalled]
-        assert isinstance(failure, Failure)
-        assert isinstance(failure.error, TaskTimeout)
-        assert failure.kind == "timeout"
-        assert f"item {stalled} " in str(failure.error)
-        assert "task_timeout of 1 s" in str(failure.error)
-    assert [o for i, o in enumerate(out) if i not in (1, 4)] == [0, 2, 3, 5, 6, 7]
-    ran = runs_of(tmp_path)
-    assert all(ran[x] == 1 for x in (1, 2, 4, 5, 6, 7))  # after a stalled item: not run by the stopped task
-    assert ran[0] <= 2 and ran[3] <= 2  # before it: its result went with the killed task
+    a_stalled_item_fails_alone_and_frees_its_slot("dask", cluster, tmp_path, bound=20)
 
 
 def test_a_timed_out_item_runs_again_when_its_policy_says(cluster: str, tmp_path: Path) -> None:
-    options: dict[str, Any] = {"backend": "dask", "address": cluster, "chunksize": 4, "task_timeout": 1}
-    out = parcelout.map(Stalls(tmp_path / "once", {2}), range(4), retries=1, retry_on=TaskTimeout, **options)
-    assert out == [0, 1, 2, 3]
-    assert runs_of(tmp_path / "once")[2] == 2
-    out = parcelout.map(Stalls(tmp_path / "twice", {2}, 2), range(4), retries=1, on_error="return", **options)
-    assert isinstance(out[2], Failure) and out[2].kind == "timeout" and out[2].attempts == 2
-    assert runs_of(tmp_path / "twice")[2] == 2
+    a_timed_out_item_runs_again_when_its_policy_says("dask", cluster, tmp_path)
 
 
 class Flaky:
