@@ -9,27 +9,14 @@ own interpreter, as a user's program would, under a time limit: a hang fails.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import re
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _has_suite() -> bool:
-    try:
-        return importlib.util.find_spec("test._test_multiprocessing") is not None
-    except ImportError:
-        return False
-
+from tests.suites.common import has_suite, run_kind
 
 pytestmark = pytest.mark.skipif(
-    sys.version_info < (3, 13) or not _has_suite(),
+    sys.version_info < (3, 13) or not has_suite("test._test_multiprocessing"),
     reason="CPython's multiprocessing tests in this form ship with Python 3.13's standard library",
 )
 
@@ -37,19 +24,6 @@ pytestmark = pytest.mark.skipif(
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
 def test_cpython_multiprocessing_pool_suite(method: str) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run = subprocess.run(
-        [sys.executable, "-m", "tests.suites.cpython_mp_pool", method],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=100,
-    )
-    last = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
-    counts = re.fullmatch(r"(\d+) passed, (\d+) failed, (\d+) skipped", last)
-    assert counts, f"no summary line:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
-    passed, failed, _ = map(int, counts.groups())
+    passed, failed, run = run_kind("cpython_mp_pool", method, timeout=100)
     assert (failed, run.returncode) == (0, 0), run.stderr[-6000:]
     assert passed >= 25  # the suite really ran

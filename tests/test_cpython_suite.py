@@ -9,27 +9,14 @@ interpreter, as a user's program would, under a time limit: a hang fails.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import re
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _has_suite() -> bool:
-    try:
-        return importlib.util.find_spec("test.test_concurrent_futures") is not None
-    except ImportError:
-        return False
-
+from tests.suites.common import has_suite, run_kind
 
 pytestmark = pytest.mark.skipif(
-    sys.version_info < (3, 13) or not _has_suite(),
+    sys.version_info < (3, 13) or not has_suite("test.test_concurrent_futures"),
     reason="CPython's concurrent.futures tests in this form ship with Python 3.13's standard library",
 )
 
@@ -37,19 +24,6 @@ pytestmark = pytest.mark.skipif(
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("kind", ["thread", "fork", "forkserver", "spawn"])
 def test_cpython_concurrent_futures_suite(kind: str) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run = subprocess.run(
-        [sys.executable, "-m", "tests.suites.cpython_futures", kind],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=220,
-    )
-    last = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
-    counts = re.fullmatch(r"(\d+) passed, (\d+) failed, (\d+) skipped", last)
-    assert counts, f"no summary line:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
-    passed, failed, _ = map(int, counts.groups())
+    passed, failed, run = run_kind("cpython_futures", kind, timeout=220)
     assert (failed, run.returncode) == (0, 0), run.stderr[-6000:]
     assert passed >= 30  # the suite really ran

@@ -19,9 +19,9 @@ import concurrent.futures
 import importlib
 import sys
 import unittest
-from typing import Any
 
 import parcelout
+from tests.suites.common import put_in_child_interpreters, summary
 
 KINDS = {
     "thread": "ThreadPoolMixin",
@@ -81,21 +81,7 @@ PROLOGUE = (
 def substitute() -> None:
     concurrent.futures.ThreadPoolExecutor = parcelout.ThreadPoolExecutor  # type: ignore[misc]
     concurrent.futures.ProcessPoolExecutor = parcelout.ProcessPoolExecutor  # type: ignore[assignment,misc]
-    from test.support import script_helper
-
-    for name in ("assert_python_ok", "assert_python_failure", "run_python_until_end"):
-        original = getattr(script_helper, name)
-        setattr(script_helper, name, _with_prologue(original))
-
-
-def _with_prologue(original: Any) -> Any:
-    def run(*args: Any, **env: Any) -> Any:
-        command = list(args)
-        if len(command) >= 2 and command[0] == "-c":
-            command[1] = PROLOGUE + command[1]
-        return original(*command, **env)
-
-    return run
+    put_in_child_interpreters(PROLOGUE)
 
 
 def suite(kind: str, only: list[str]) -> unittest.TestSuite:
@@ -137,10 +123,7 @@ def main(argv: list[str]) -> int:
     util.setup_module()
     result = unittest.TextTestRunner(verbosity=2).run(suite(argv[0], argv[1:]))
     unittest.case.doModuleCleanups()
-    failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
-    skipped = len(result.skipped)
-    # On a line of its own: the tests print their durations on stdout without one.
-    print(f"\n{result.testsRun - failed - skipped} passed, {failed} failed, {skipped} skipped")
+    print(summary(result))
     return 0 if result.wasSuccessful() else 1
 
 

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import parcelout.multiprocessing
+from tests.suites.common import put_in_child_interpreters, summary
 
 METHODS = ("fork", "forkserver", "spawn")
 # The pool test classes (each made for the processes flavour, as CPython's
@@ -77,24 +78,7 @@ def substitute() -> None:
     """``parcelout.multiprocessing.Pool`` for ``multiprocessing.Pool``, here
     and in the child interpreters the tests start."""
     multiprocessing.Pool = parcelout.multiprocessing.Pool  # type: ignore[assignment]
-    from test.support import script_helper
-
-    for name in ("assert_python_ok", "assert_python_failure", "run_python_until_end"):
-        original = getattr(script_helper, name)
-        setattr(script_helper, name, _with_prologue(original))
-
-
-def _with_prologue(original: Any) -> Any:
-    def run(*args: Any, **env: Any) -> Any:
-        command = list(args)
-        if len(command) >= 2 and command[0] == "-c":
-            command[1] = PROLOGUE + command[1]
-        elif command and isinstance(command[0], str) and command[0].endswith(".py"):
-            # A script file: run it as __main__ after the prologue.
-            command[:1] = ["-c", f"{PROLOGUE}import runpy; runpy.run_path({command[0]!r}, run_name='__main__')"]
-        return original(*command, **env)
-
-    return run
+    put_in_child_interpreters(PROLOGUE)
 
 
 def suite(method: str, only: list[str]) -> tuple[unittest.TestSuite, Any]:
@@ -146,13 +130,9 @@ def main(argv: list[str]) -> int:
         result = unittest.TextTestRunner(verbosity=2).run(selected)
     finally:
         flavour.tearDownModule()
-    failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
-    known = len(result.expectedFailures)
-    skipped = len(result.skipped) + known
     for case, _ in result.expectedFailures:
         print(f"known failure: {case.id()}: {KNOWN_FAILURES[case._testMethodName]}")
-    # On a line of its own: a test's output may end without one.
-    print(f"\n{result.testsRun - failed - skipped} passed, {failed} failed, {skipped} skipped")
+    print(summary(result, known=len(result.expectedFailures)))
     return 0 if result.wasSuccessful() else 1
 
 
