@@ -34,11 +34,11 @@ CALLS = {
 }
 
 
-@pytest.mark.parametrize("call", list(CALLS))
-@pytest.mark.parametrize("method", ["forkserver", "spawn", "fork"])
-def test_a_worker_traceback_names_the_script_and_starts_at_its_frame(method: str, call: str, tmp_path: Path) -> None:
+def assert_the_traceback_starts_at_the_scripts_frame(tmp_path: Path, call: str) -> None:
+    """Run a script whose worker raises; its remote traceback must start at the
+    script's own frame, with the script's path and source line."""
     script = tmp_path / "job.py"
-    script.write_text(SCRIPT.replace("{call}", CALLS[call].format(method=method)))
+    script.write_text(SCRIPT.replace("{call}", call))
     run = run_script(script)
     assert run.returncode == 1
     remote = re.search(r'"""\nTraceback \(most recent call last\):\n(.*?)"""', run.stderr, flags=re.DOTALL)
@@ -46,6 +46,12 @@ def test_a_worker_traceback_names_the_script_and_starts_at_its_frame(method: str
     frames = remote.group(1)
     assert "<dynamic-code>" not in frames
     assert frames.startswith(f'  File "{script}", line 7, in boom\n    raise ValueError("three")'), frames
+
+
+@pytest.mark.parametrize("call", list(CALLS))
+@pytest.mark.parametrize("method", ["forkserver", "spawn", "fork"])
+def test_a_worker_traceback_names_the_script_and_starts_at_its_frame(method: str, call: str, tmp_path: Path) -> None:
+    assert_the_traceback_starts_at_the_scripts_frame(tmp_path, CALLS[call].format(method=method))
 
 
 def test_an_interpreter_workers_traceback_names_the_script_too(tmp_path: Path) -> None:
@@ -53,12 +59,4 @@ def test_an_interpreter_workers_traceback_names_the_script_too(tmp_path: Path) -
 
     if not available():
         pytest.skip("no sub-interpreters here: Python 3.14+, or 3.13 with parcelout[interpreters]")
-    script = tmp_path / "job.py"
-    script.write_text(SCRIPT.replace("{call}", 'parcelout.map(boom, range(5), backend="interpreter")'))
-    run = run_script(script)
-    assert run.returncode == 1
-    remote = re.search(r'"""\nTraceback \(most recent call last\):\n(.*?)"""', run.stderr, flags=re.DOTALL)
-    assert remote, run.stderr
-    frames = remote.group(1)
-    assert "<dynamic-code>" not in frames
-    assert frames.startswith(f'  File "{script}", line 7, in boom\n    raise ValueError("three")'), frames
+    assert_the_traceback_starts_at_the_scripts_frame(tmp_path, 'parcelout.map(boom, range(5), backend="interpreter")')
